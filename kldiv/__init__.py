@@ -1,0 +1,37 @@
+"""kldiv: train generative models by writing their objective as an expression of KL divergences."""
+
+from kldiv.algebra import KL, Contribution, Divergence, Expression, S
+from kldiv.compiler import Estimator, Game, Player, Round, StepOutput
+from kldiv.densities import (
+    DataDensity,
+    DecoupledEBLVM,
+    Density,
+    GeneratorDensity,
+    LatentEBM,
+    MarginalEBM,
+    Samples,
+    Term,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KL",
+    "S",
+    "Contribution",
+    "DataDensity",
+    "DecoupledEBLVM",
+    "Density",
+    "Divergence",
+    "Estimator",
+    "Expression",
+    "Game",
+    "GeneratorDensity",
+    "LatentEBM",
+    "MarginalEBM",
+    "Player",
+    "Round",
+    "Samples",
+    "StepOutput",
+    "Term",
+]

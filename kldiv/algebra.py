@@ -1,0 +1,264 @@
+r"""The algebra of KL divergences between joint densities.
+
+An [`Expression`][kldiv.Expression] is a finite signed sum of divergences,
+
+$$ \mathcal L = \sum_j c_j\, D_j, \qquad D_j \in \{\mathrm{KL}(a \,\|\, b),\ S(a, b)\}, $$
+
+built with ``+``, ``-``, unary ``-`` and multiplication by a number.  Each
+divergence expands, term by term, into expectations of log-density terms:
+
+$$ \mathrm{KL}(a \,\|\, b) = \sum_{t \in a} E_a[t] - \sum_{t \in b} E_a[t], \qquad
+   S(a, b) = \mathrm{KL}(a \,\|\, b) + \mathrm{KL}(b \,\|\, a). $$
+
+That expansion ([`Expression.expand`][kldiv.Expression.expand]) is what the
+compiler works on.
+
+Example:
+    >>> import torch
+    >>> from kldiv import KL, DataDensity, GeneratorDensity, LatentEBM
+    >>> enc = torch.nn.Linear(3, 4)
+    >>> q = DataDensity(enc)
+    >>> p = GeneratorDensity(torch.nn.Linear(2, 3), latent_shape=2, sigma=1.0)
+    >>> pi = LatentEBM(torch.nn.Bilinear(3, 2, 1))
+    >>> print(KL(q, p) + KL(p, pi) - KL(q, pi))
+    KL(q ‖ p) + KL(p ‖ π) − KL(q ‖ π)
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import attrs
+from torch import nn
+
+from kldiv.densities import Density, Term
+from kldiv.errors import VariableMismatchError
+
+if TYPE_CHECKING:
+    from kldiv.compiler import Game
+
+__all__ = ["KL", "S", "Contribution", "Divergence", "Expression"]
+
+
+@attrs.frozen(eq=False)
+class Contribution:
+    r"""One expanded summand $c\, E_{\rm source}[t]$ of an expression.
+
+    Attributes:
+        coef: the coefficient $c$ (the term's sign in its density included).
+        source: the density the expectation is under.
+        term: the log-density term $t$.
+        origin: the signed divergence it came from, e.g. ``"−KL(q ‖ π)"``.
+    """
+
+    coef: float
+    source: Density
+    term: Term
+    origin: str
+
+
+@attrs.frozen(eq=False)
+class Divergence:
+    """A single divergence ``KL(a ‖ b)`` (``symmetric=False``) or ``S(a, b)``."""
+
+    a: Density
+    b: Density
+    symmetric: bool = False
+
+    def __attrs_post_init__(self):
+        for side in (self.a, self.b):
+            if not isinstance(side, Density):
+                raise TypeError(
+                    f"{self._name} takes two kldiv densities, got {type(side).__name__}"
+                )
+        if set(self.a.variables) != set(self.b.variables):
+            raise VariableMismatchError(
+                f"{self._name}({self.a.name}, {self.b.name}): {self.a!r} is over "
+                f"({', '.join(self.a.variables)}) but {self.b!r} is over "
+                f"({', '.join(self.b.variables)}); a divergence compares two densities "
+                "over the same variables"
+            )
+
+    @property
+    def _name(self) -> str:
+        return "S" if self.symmetric else "KL"
+
+    @property
+    def key(self) -> tuple:
+        """Identity used to collect like divergences (``S`` is symmetric in its arguments)."""
+        if self.symmetric:
+            return ("S", frozenset({id(self.a), id(self.b)}))
+        return ("KL", id(self.a), id(self.b))
+
+    def __str__(self) -> str:
+        if self.symmetric:
+            return f"S({self.a.name}, {self.b.name})"
+        return f"KL({self.a.name} ‖ {self.b.name})"
+
+    def latex(self) -> str:
+        """The divergence in LaTeX."""
+        if self.symmetric:
+            return rf"S({self.a.latex}, {self.b.latex})"
+        return rf"\mathrm{{KL}}({self.a.latex} \,\|\, {self.b.latex})"
+
+    def expand(self, coef: float, origin: str) -> list[Contribution]:
+        """The contributions of ``coef`` times this divergence."""
+        if self.symmetric:
+            forward = Divergence(self.a, self.b)
+            backward = Divergence(self.b, self.a)
+            return forward.expand(coef, f"{forward} in {origin}") + backward.expand(
+                coef, f"{backward} in {origin}"
+            )
+        a, b = self.a, self.b
+        out = [Contribution(coef * t.sign, a, t, origin) for t in a.terms()]
+        out += [Contribution(-coef * t.sign, a, t, origin) for t in b.terms()]
+        return out
+
+
+def _format_coef(c: float, first: bool) -> tuple[str, str]:
+    sign = "−" if c < 0 else ("" if first else "+")
+    mag = abs(c)
+    return sign, "" if mag == 1 else f"{mag:g}·"
+
+
+class Expression:
+    r"""A signed sum $\sum_j c_j D_j$ of divergences between densities.
+
+    Build one from [`KL`][kldiv.KL] and [`S`][kldiv.S] with ``+``, ``-`` and
+    scalar ``*``; like divergences are collected and zero coefficients dropped.
+    Turn one into a game with [`minimize`][kldiv.Expression.minimize] and
+    [`maximize`][kldiv.Expression.maximize].
+    """
+
+    def __init__(self, items: Iterable[tuple[float, Divergence]] = ()):
+        collected: dict[tuple, list] = {}
+        for coef, div in items:
+            entry = collected.setdefault(div.key, [0.0, div])
+            entry[0] += float(coef)
+        self.items: tuple[tuple[float, Divergence], ...] = tuple(
+            (c, d) for c, d in collected.values() if c != 0.0
+        )
+
+    # --- arithmetic -----------------------------------------------------------------
+    def __add__(self, other: Expression) -> Expression:
+        if not isinstance(other, Expression):
+            return NotImplemented
+        return Expression(self.items + other.items)
+
+    def __radd__(self, other: object) -> Expression:
+        if isinstance(other, numbers.Number) and other == 0:  # sum([...]) starts at 0
+            return Expression(self.items)
+        return NotImplemented
+
+    def __neg__(self) -> Expression:
+        return Expression((-c, d) for c, d in self.items)
+
+    def __sub__(self, other: Expression) -> Expression:
+        if not isinstance(other, Expression):
+            return NotImplemented
+        return self + (-other)
+
+    def __mul__(self, scalar: float) -> Expression:
+        if not isinstance(scalar, numbers.Real):
+            return NotImplemented
+        return Expression((c * float(scalar), d) for c, d in self.items)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, scalar: float) -> Expression:
+        if not isinstance(scalar, numbers.Real):
+            return NotImplemented
+        return self * (1.0 / float(scalar))
+
+    # --- reading --------------------------------------------------------------------
+    def __str__(self) -> str:
+        if not self.items:
+            return "0"
+        parts = []
+        for i, (c, d) in enumerate(self.items):
+            sign, mag = _format_coef(c, first=i == 0)
+            parts.append(f"{sign}{mag}{d}" if i == 0 else f"{sign} {mag}{d}")
+        return " ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"Expression({self})"
+
+    def latex(self) -> str:
+        """The expression in LaTeX, e.g. ``\\mathrm{KL}(q \\,\\|\\, p) + \\dots``."""
+        if not self.items:
+            return "0"
+        out = ""
+        for i, (c, d) in enumerate(self.items):
+            mag = abs(c)
+            coef = "" if mag == 1 else f"{mag:g}\\,"
+            if i == 0:
+                out += ("-" if c < 0 else "") + coef + d.latex()
+            else:
+                out += (" - " if c < 0 else " + ") + coef + d.latex()
+        return out
+
+    def _repr_latex_(self) -> str:
+        return f"${self.latex()}$"
+
+    def densities(self) -> tuple[Density, ...]:
+        """Every density in the expression, in order of first appearance."""
+        seen: dict[int, Density] = {}
+        for _, d in self.items:
+            for side in (d.a, d.b):
+                seen.setdefault(id(side), side)
+        return tuple(seen.values())
+
+    def expand(self) -> list[Contribution]:
+        """Every summand $c\\,E_s[t]$, before any merging or cancelling."""
+        out: list[Contribution] = []
+        for i, (c, d) in enumerate(self.items):
+            sign, mag = _format_coef(c, first=True)
+            out += d.expand(c, f"{sign}{mag}{d}")
+        return out
+
+    # --- games ----------------------------------------------------------------------
+    def minimize(self, *over: Density | nn.Module, name: str | None = None) -> Game:
+        """A game whose first player minimises this expression over ``over``.
+
+        ``over`` names densities (their own networks, see
+        [`Density.own_networks`][kldiv.Density.own_networks]) or networks.
+        """
+        from kldiv.compiler import Game
+
+        return Game(objective=self).minimize(*over, name=name)
+
+    def maximize(self, *over: Density | nn.Module, name: str | None = None) -> Game:
+        """A game whose first player maximises this expression over ``over``."""
+        from kldiv.compiler import Game
+
+        return Game(objective=self).maximize(*over, name=name)
+
+
+class KL(Expression):
+    r"""The Kullback–Leibler divergence $\mathrm{KL}(a \,\|\, b) = E_a[\log a - \log b]$.
+
+    Arguments:
+        a: the density the expectation is under (it must be sampleable
+           wherever a gradient needs its samples).
+        b: a density over the same variables as ``a``.
+
+    Raises:
+        VariableMismatchError: if ``a`` and ``b`` are over different variables.
+    """
+
+    def __init__(self, a: Density, b: Density):
+        super().__init__([(1.0, Divergence(a, b))])
+
+
+class S(Expression):
+    r"""The symmetric divergence $S(a, b) = \mathrm{KL}(a \,\|\, b) + \mathrm{KL}(b \,\|\, a)$.
+
+    Arguments:
+        a: a density.
+        b: a density over the same variables as ``a``.
+    """
+
+    def __init__(self, a: Density, b: Density):
+        super().__init__([(1.0, Divergence(a, b, symmetric=True))])

@@ -1,0 +1,700 @@
+r"""Games over KL expressions and their compilation to Monte Carlo estimators.
+
+A [`Game`][kldiv.Game] maps players to (objective, direction, networks).
+[`Game.compile`][kldiv.Game.compile] turns it into an
+[`Estimator`][kldiv.Estimator] in five steps:
+
+1. **expand** each player's objective into contributions $c\,E_s[t]$;
+2. **merge** equal (source, term) pairs, so that a term entering twice with
+   opposite signs cancels (the entropy of $q$ in
+   $\mathrm{KL}(q\|p) - \mathrm{KL}(q\|\pi)$); a term is keyed by the
+   *marginal* of the variables it reads, so $E_s[t(x)]$ merges across all
+   sources whose $x$ is the same data;
+3. **collect sample-constant terms across sources**: $E_s[\log Z] = \log Z$
+   for every $s$, which is why the divergence triangle needs no MCMC;
+4. **check tractability per player**: every surviving term whose gradient
+   with respect to the player's networks is not identically zero must be
+   computable, and its source sampleable with samples that carry the
+   gradient; ``log Z`` may instead be paid for by a sampler,
+   $\nabla \log Z = E_\pi[\nabla f]$.  Otherwise compilation fails with an
+   [`IntractableError`][kldiv.errors.IntractableError] naming the term, the
+   divergence it came from and the player;
+5. **build the estimator**: each step draws each sample set once and runs
+   each network once per sample set, shared by all players, and returns one
+   surrogate loss per player whose value is the estimate (up to the terms
+   listed as constants) and whose gradient is the Monte Carlo gradient.
+
+Whether a term's gradient is zero is decided from variables, not from
+densities: $E_s[t]$ depends on a network through $t$ itself or through the
+marginal, under $s$, of the variables $t$ reads.  So in
+$\mathrm{KL}(q_{\rm data} q_\phi \,\|\, p_\psi q_\phi)$ the surviving terms read
+only $x$, and the encoder, which enters only through $z$, gets no gradient.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Literal
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from kldiv.algebra import Contribution, Expression
+from kldiv.densities import DataDensity, Density, Samples, Term, _EnergyBased
+from kldiv.errors import (
+    CompileError,
+    IntractableError,
+    NonFiniteError,
+    ShapeError,
+    UnusedParametersError,
+)
+
+__all__ = ["Estimator", "Game", "Merged", "Plan", "Player", "Round", "StepOutput"]
+
+_EPS = 1e-12
+
+
+# ----------------------------------------------------------------------------------------
+# Players and games
+# ----------------------------------------------------------------------------------------
+@attrs.frozen(eq=False)
+class Player:
+    """A set of networks that minimises or maximises one objective.
+
+    Attributes:
+        name: the player's name (keys of the losses a step returns).
+        objective: the expression the player plays.
+        direction: ``"min"`` or ``"max"``.
+        networks: the networks whose parameters the player trains.
+    """
+
+    name: str
+    objective: Expression
+    direction: Literal["min", "max"]
+    networks: tuple[nn.Module, ...]
+
+    @property
+    def sign(self) -> float:
+        """``+1`` for a minimiser, ``-1`` for a maximiser: loss = sign × objective."""
+        return 1.0 if self.direction == "min" else -1.0
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters of the player's networks, each once."""
+        seen: dict[int, nn.Parameter] = {}
+        for net in self.networks:
+            for p in net.parameters():
+                if p.requires_grad:
+                    seen.setdefault(id(p), p)
+        return list(seen.values())
+
+
+def _networks_of(item: Density | nn.Module) -> tuple[nn.Module, ...]:
+    if isinstance(item, Density):
+        return item.own_networks()
+    if isinstance(item, nn.Module):
+        return (item,)
+    raise TypeError(
+        f"a player is named by densities or networks (nn.Module), got {type(item).__name__}"
+    )
+
+
+class Game:
+    """A mapping player → (objective, direction, networks).
+
+    The divergence triangle is one objective played by everyone::
+
+        game = triangle.minimize(p, q).maximize(pi)
+
+    and a player with its own objective names it::
+
+        game = (L.minimize(p, name="generator")
+                 .minimize(q, objective=KL(q, p) + KL(q, pi), name="encoder")
+                 .maximize(pi, name="ebm"))
+
+    Arguments:
+        players: the players so far.
+        objective: the default objective of players added without one.
+    """
+
+    def __init__(self, players: Iterable[Player] = (), *, objective: Expression | None = None):
+        self.players: tuple[Player, ...] = tuple(players)
+        self.objective = objective
+        names = [p.name for p in self.players]
+        if len(set(names)) != len(names):
+            raise ValueError(f"player names must be unique, got {names}")
+
+    def _add(self, direction, over, objective, name) -> Game:
+        objective = self.objective if objective is None else objective
+        if not isinstance(objective, Expression):
+            raise TypeError("a player needs an objective: an Expression built from KL and S")
+        if not over:
+            raise ValueError("name the densities or networks the player trains")
+        networks: dict[int, nn.Module] = {}
+        for item in over:
+            for net in _networks_of(item):
+                networks.setdefault(id(net), net)
+        if name is None:
+            name = "+".join(item.name if isinstance(item, Density) else _network_name(item, objective) for item in over)
+        player = Player(name, objective, direction, tuple(networks.values()))
+        return Game(self.players + (player,), objective=objective if self.objective is None else self.objective)
+
+    def minimize(
+        self, *over: Density | nn.Module, objective: Expression | None = None, name: str | None = None
+    ) -> Game:
+        """Add a player minimising ``objective`` (default: the game's) over ``over``."""
+        return self._add("min", over, objective, name)
+
+    def maximize(
+        self, *over: Density | nn.Module, objective: Expression | None = None, name: str | None = None
+    ) -> Game:
+        """Add a player maximising ``objective`` (default: the game's) over ``over``."""
+        return self._add("max", over, objective, name)
+
+    def __getitem__(self, name: str) -> Player:
+        for p in self.players:
+            if p.name == name:
+                return p
+        raise KeyError(f"no player {name!r}; the players are {[p.name for p in self.players]}")
+
+    def densities(self) -> tuple[Density, ...]:
+        """Every density of every objective, and the densities they draw samples from."""
+        seen: dict[int, Density] = {}
+        stack = [d for p in self.players for d in p.objective.densities()]
+        while stack:
+            d = stack.pop(0)
+            if id(d) in seen:
+                continue
+            seen[id(d)] = d
+            if isinstance(d, DataDensity) and isinstance(d.x_source, Density):
+                stack.append(d.x_source)
+            if isinstance(d, _EnergyBased) and d.sampler is not None:
+                stack.extend(d.sampler.sources())
+        return tuple(seen.values())
+
+    def compile(self, *, values: bool = True) -> Estimator:
+        """Compile to an [`Estimator`][kldiv.Estimator]; raises a
+        [`CompileError`][kldiv.errors.CompileError] for what cannot be estimated.
+
+        Arguments:
+            values: also evaluate the terms that carry no gradient for a
+                player, so that its value is the full estimate (up to the
+                listed constants). ``False`` skips them: cheaper, and the value
+                is then up to those terms too.
+        """
+        return Estimator(self, values=values)
+
+
+def _network_name(net: nn.Module, objective: Expression) -> str:
+    for d in objective.densities():
+        for role, m in d.networks().items():
+            if m is net:
+                return f"{d.name}.{role}"
+    return type(net).__name__
+
+
+# ----------------------------------------------------------------------------------------
+# Plans
+# ----------------------------------------------------------------------------------------
+@attrs.frozen(eq=False)
+class Merged:
+    r"""A merged summand $c\,E_s[t]$ and the contributions it came from.
+
+    ``source`` is ``None`` for a sample-constant term ($E_s[t] = t$).
+    """
+
+    coef: float
+    source: Density | None
+    term: Term
+    origins: tuple[tuple[float, str], ...]
+
+    def label(self) -> str:
+        """``E_q[f(x, z)]``, or the bare term for a sample-constant one."""
+        if self.source is None:
+            return self.term.label
+        return f"E_{self.source.name}[{self.term.label}]"
+
+    def origin_text(self) -> str:
+        """Where the summand came from, e.g. ``"+1 from KL(p ‖ π), −1 from −KL(q ‖ π)"``."""
+        return ", ".join(f"{_signed(c)} from {o}" for c, o in self.origins)
+
+
+def _signed(c: float) -> str:
+    return ("−" if c < 0 else "+") + f"{abs(c):g}"
+
+
+@attrs.frozen(eq=False)
+class Plan:
+    """What the compiler decided for one player.
+
+    Attributes:
+        player: the player.
+        gradient: summands estimated and differentiated.
+        value_only: estimable summands with no gradient for this player.
+        constants: summands that cannot be estimated and carry no gradient
+            for this player; the value is reported up to them.
+        sampler_paid: ``log Z`` summands whose gradient a sampler pays for,
+            with the density whose samples pay.
+        cancelled: summands whose contributions summed to zero.
+        fresh: per source, the networks whose gradient must flow through its samples.
+    """
+
+    player: Player
+    gradient: tuple[Merged, ...]
+    value_only: tuple[Merged, ...]
+    constants: tuple[Merged, ...]
+    sampler_paid: tuple[tuple[Merged, Density], ...]
+    cancelled: tuple[Merged, ...]
+    fresh: tuple[tuple[Density, frozenset[nn.Module]], ...]
+
+
+def _merge(contributions: list[Contribution]) -> tuple[list[Merged], list[Merged]]:
+    groups: dict[Hashable, list[Contribution]] = {}
+    for c in contributions:
+        where = None if not c.term.reads else c.source.marginal_key(c.term.reads)
+        groups.setdefault((where, c.term.key), []).append(c)
+    alive, cancelled = [], []
+    for members in groups.values():
+        coef = sum(c.coef for c in members)
+        first = members[0]
+        merged = Merged(
+            coef=coef,
+            source=first.source if first.term.reads else None,
+            term=first.term,
+            origins=tuple((c.coef, c.origin) for c in members),
+        )
+        (cancelled if abs(coef) < _EPS else alive).append(merged)
+    return alive, cancelled
+
+
+class _Namer:
+    """Names networks after the densities that hold them (``"p.decoder"``)."""
+
+    def __init__(self, densities: Iterable[Density]):
+        self.names: dict[int, str] = {}
+        for d in densities:
+            for role, m in d.networks().items():
+                self.names.setdefault(id(m), f"{d.name}.{role}")
+
+    def __call__(self, modules: Iterable[nn.Module]) -> str:
+        return ", ".join(sorted(self.names.get(id(m), type(m).__name__) for m in modules))
+
+
+def _plan(player: Player, payers: dict[int, Density], name: _Namer) -> Plan:
+    theta = {id(m) for m in player.networks}
+    alive, cancelled = _merge(player.objective.expand())
+    gradient, value_only, constants, paid = [], [], [], []
+    used: set[int] = set()
+    fresh: dict[int, tuple[Density, set[nn.Module]]] = {}
+    who = f"player {player.name!r} ({player.direction}imises {player.objective})"
+
+    for m in alive:
+        t, s = m.term, m.source
+        via_term = [net for net in t.modules if id(net) in theta]
+        via_samples = [net for net in s.dependence(t.reads) if id(net) in theta] if s is not None else []
+        estimable = t.computable and (s is None or s.sampleable)
+        if not via_term and not via_samples:
+            (value_only if estimable else constants).append(m)
+            continue
+        used.update(id(net) for net in via_term + via_samples)
+        if not t.computable:
+            payer = payers.get(id(t.normalizes)) if t.normalizes is not None else None
+            if payer is None:
+                raise IntractableError(_intractable_message(who, m, via_term, via_samples, name))
+            paid.append((m, payer))
+            fresh.setdefault(id(payer), (payer, set()))
+            continue
+        if s is not None and not s.sampleable:
+            raise IntractableError(
+                f"{who}: {_signed(m.coef)} {m.label()} ({m.origin_text()}) depends on "
+                f"{name(via_term + via_samples)} and needs samples from {s.name}, which "
+                f"{s.describe_sampling()}. Attach a sampler to {s.name} "
+                f"(e.g. {s.name}.with_sampler(Langevin(...))), or rewrite the objective so "
+                f"that this player's gradient needs no expectation under {s.name}."
+            )
+        blocked = [net for net in via_samples if net not in s.pathwise(t.reads)]
+        if blocked:
+            raise IntractableError(
+                f"{who}: {_signed(m.coef)} {m.label()} ({m.origin_text()}) depends on "
+                f"{name(blocked)} through the distribution of the samples of {s.name} "
+                f"({', '.join(sorted(t.reads))}), but those samples carry no gradient "
+                f"({s.describe_sampling()}). Remove {name(blocked)} from this player, or "
+                "give the player an objective whose gradient does not flow through "
+                f"{s.name}'s samples."
+            )
+        gradient.append(m)
+        if s is not None and via_samples:
+            fresh.setdefault(id(s), (s, set()))[1].update(via_samples)
+        elif s is not None:
+            fresh.setdefault(id(s), (s, set()))
+
+    unused = [net for net in player.networks if id(net) not in used]
+    if unused:
+        raise UnusedParametersError(
+            f"{who}: its objective never depends on {name(unused)} — every term that "
+            "involves it cancels or is constant for this player"
+            + (f" (cancelled: {'; '.join(c.label() for c in cancelled)})" if cancelled else "")
+            + ". Remove it from the player, or give the player an objective that trains it."
+        )
+    return Plan(
+        player=player,
+        gradient=tuple(gradient),
+        value_only=tuple(value_only),
+        constants=tuple(constants),
+        sampler_paid=tuple(paid),
+        cancelled=tuple(cancelled),
+        fresh=tuple((d, frozenset(mods)) for d, mods in fresh.values()),
+    )
+
+
+def _intractable_message(who, m: Merged, via_term, via_samples, name: _Namer) -> str:
+    t, s = m.term, m.source
+    if t.normalizes is not None:
+        return (
+            f"{who}: {_signed(m.coef)} {t.label} survives ({m.origin_text()}) and its "
+            f"gradient with respect to {name(via_term)} is E[∇f] under the normalised "
+            f"density, which needs samples from it; {t.reason}. Attach a sampler to the "
+            "energy-based density (e.g. .with_sampler(Langevin(...))), or add the term that "
+            "cancels log Z (as − KL(p ‖ π) does in the divergence triangle)."
+        )
+    how = (
+        f"through the samples of {s.name} ({', '.join(sorted(t.reads))})"
+        if via_samples
+        else "directly"
+    )
+    return (
+        f"{who}: {_signed(m.coef)} {m.label()} ({m.origin_text()}) depends on "
+        f"{name(via_term + via_samples)} {how}, and {t.label} cannot be computed: "
+        f"{t.reason}. kldiv drops such a term only where no player's gradient needs it "
+        "(e.g. log q_data(x) under the data's own samples, as in KL(q ‖ ·)); remove the "
+        "divergence that brings it in, or reverse it."
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# The estimator
+# ----------------------------------------------------------------------------------------
+class Estimator:
+    """A compiled game: call it on a batch to get one surrogate loss per player.
+
+    ``estimator(x)`` is one *simultaneous* step: samples drawn once, networks
+    run once per sample set, every player's loss built from the same
+    evaluations.  For a *sequential* schedule (the papers' Algorithm 1) open a
+    [`Round`][kldiv.Round] and update players one at a time: samples are
+    drawn once per round, and a network evaluation is reused until the
+    parameters it used change.
+
+    Example:
+        >>> out = estimator(x)               # doctest: +SKIP
+        >>> out.backward()                   # each player's gradient into its own parameters
+        >>> for opt in optimizers: opt.step()
+    """
+
+    def __init__(self, game: Game, *, values: bool = True):
+        if not game.players:
+            raise CompileError("the game has no players; add one with minimize or maximize")
+        self.game = game
+        self.values = values
+        densities = game.densities()
+        self._namer = _Namer(densities)
+        payers: dict[int, Density] = {}
+        for d in densities:
+            if isinstance(d, _EnergyBased) and d.sampler is not None:
+                payers.setdefault(id(d.energy), d)
+        self.plans: dict[str, Plan] = {p.name: _plan(p, payers, self._namer) for p in game.players}
+        self._networks = {id(m): m for d in densities for m in d.networks().values()}
+        self._validated = False
+
+    # --- stepping -------------------------------------------------------------------
+    def round(
+        self, inputs: Tensor | Mapping[str, Tensor] | None = None, *, n: int | None = None, **named: Tensor
+    ) -> Round:
+        """Open a round on one batch: ``inputs`` is the data tensor (input ``"data"``)
+        or a mapping of named inputs; ``n`` is the number of samples drawn from
+        sources without data (default: the batch size)."""
+        if isinstance(inputs, Tensor):
+            named = {"data": inputs, **named}
+        elif inputs is not None:
+            named = {**dict(inputs), **named}
+        validate = not self._validated
+        self._validated = True
+        return Round(self, named, n=n, validate=validate)
+
+    def __call__(
+        self,
+        inputs: Tensor | Mapping[str, Tensor] | None = None,
+        *,
+        n: int | None = None,
+        players: Iterable[str] | None = None,
+        **named: Tensor,
+    ) -> StepOutput:
+        """One simultaneous step: every player's loss from one shared evaluation."""
+        r = self.round(inputs, n=n, **named)
+        names = list(self.plans) if players is None else list(players)
+        losses = {name: r.loss(name) for name in names}
+        return StepOutput(losses, {name: r.value(name) for name in names}, r)
+
+    # --- reading --------------------------------------------------------------------
+    def explain(self) -> str:
+        """Per player: the terms it estimates, the constants, what cancelled, and
+        what a sampler pays for."""
+        lines = []
+        sources = {
+            id(m.source): m.source
+            for plan in self.plans.values()
+            for m in itertools.chain(plan.gradient, plan.value_only)
+            if m.source is not None
+        }
+        for plan in self.plans.values():
+            for _, payer in plan.sampler_paid:
+                sources[id(payer)] = payer
+        if sources:
+            lines.append("samples per step:")
+            lines += [f"  {s.name}: {s.describe_sampling()}" for s in sources.values()]
+        for plan in self.plans.values():
+            p = plan.player
+            lines.append("")
+            lines.append(
+                f"player {p.name!r} {p.direction}imises {p.objective} over {self._namer(p.networks)}"
+            )
+            sections = [
+                ("gradient from", plan.gradient, ""),
+                ("in the value only (no gradient for this player)", plan.value_only, ""),
+            ]
+            for title, ms, _ in sections:
+                if ms:
+                    lines.append(f"  {title}:")
+                    lines += [f"    {_signed(m.coef)} {m.label():<28} {m.origin_text()}" for m in ms]
+            if plan.sampler_paid:
+                lines.append("  paid for by a sampler (gradient E_π[∇f]; value omitted):")
+                lines += [
+                    f"    {_signed(m.coef)} {m.label():<28} samples of {payer.name}; {m.origin_text()}"
+                    for m, payer in plan.sampler_paid
+                ]
+            if plan.constants:
+                lines.append("  constants (cannot be computed, no gradient; value is up to them):")
+                lines += [f"    {_signed(m.coef)} {m.label():<28} {m.origin_text()}" for m in plan.constants]
+            if plan.cancelled:
+                lines.append("  cancelled:")
+                lines += [f"    {m.label():<30} {m.origin_text()}" for m in plan.cancelled]
+        return "\n".join(lines).lstrip("\n")
+
+    def parameters(self, player: str) -> list[nn.Parameter]:
+        """The trainable parameters of ``player`` (for its optimiser)."""
+        return self.plans[player].player.parameters()
+
+
+@attrs.frozen(eq=False)
+class StepOutput:
+    """What one simultaneous step returns.
+
+    Attributes:
+        losses: per player, the surrogate loss to minimise: its value is
+            ``sign × estimate`` and its gradient the Monte Carlo gradient.
+        values: per player, the estimate of its objective (detached), up to
+            the constants `Estimator.explain` lists.
+        round: the round the step ran in.
+    """
+
+    losses: dict[str, Tensor]
+    values: dict[str, Tensor]
+    round: Round
+
+    def backward(self) -> None:
+        """Back-propagate each player's loss into that player's parameters only."""
+        names = list(self.losses)
+        for i, name in enumerate(names):
+            params = self.round.estimator.parameters(name)
+            if self.losses[name].requires_grad and params:
+                torch.autograd.backward(
+                    self.losses[name], inputs=params, retain_graph=i < len(names) - 1
+                )
+
+
+@attrs.define(eq=False)
+class _Entry:
+    keep: tuple  # the objects whose ids form the key, kept alive
+    versions: tuple
+    out: object
+
+
+def _versions(params: list[nn.Parameter]) -> tuple[int, ...]:
+    return tuple(p._version for p in params)
+
+
+class Round:
+    """One batch's evaluations, shared by every player computed in it.
+
+    Implements the [`Evaluator`][kldiv.densities.Evaluator] protocol that
+    terms and samplers use.  Within a round each source is sampled once, and
+    each network evaluation (``call``) and term evaluation is memoised on its
+    inputs and reused as long as the parameters it used are unchanged (their
+    in-place version counters), so a sequential schedule re-runs only what an
+    earlier player's update made stale.
+    """
+
+    def __init__(self, estimator: Estimator, inputs: Mapping[str, Tensor], *, n: int | None, validate: bool):
+        self.estimator = estimator
+        self.inputs = dict(inputs)
+        first = next(iter(self.inputs.values()), None)
+        if n is None:
+            if first is None:
+                raise ValueError("give the number of samples n: the step has no data to take it from")
+            n = first.shape[0]
+        self.n = int(n)
+        if first is not None:
+            self.device, self.dtype = first.device, first.dtype
+        else:
+            ref = next((p for m in estimator._networks.values() for p in m.parameters()), None)
+            self.device = ref.device if ref is not None else torch.device("cpu")
+            self.dtype = ref.dtype if ref is not None else torch.get_default_dtype()
+        self.validate = validate
+        self._params: dict[int, list[nn.Parameter]] = {}
+        self._calls: dict[tuple, _Entry] = {}
+        self._samples: dict[int, _Entry] = {}
+        self._terms: dict[tuple, _Entry] = {}
+        self._values: dict[str, Tensor] = {}
+
+    # --- the Evaluator protocol ---------------------------------------------------------
+    def _params_of(self, module: nn.Module) -> list[nn.Parameter]:
+        params = self._params.get(id(module))
+        if params is None:
+            params = self._params[id(module)] = list(module.parameters())
+        return params
+
+    def call(self, module: nn.Module, *args: Tensor) -> object:
+        """``module(*args)``, memoised while the module's parameters are unchanged."""
+        key = (id(module),) + tuple(id(a) for a in args)
+        versions = _versions(self._params_of(module))
+        hit = self._calls.get(key)
+        if hit is not None and hit.versions == versions:
+            return hit.out
+        out = module(*args)
+        self._calls[key] = _Entry((module, args), versions, out)
+        return out
+
+    def input(self, name: str) -> Tensor:
+        """The input ``name`` given to the step."""
+        try:
+            return self.inputs[name]
+        except KeyError:
+            raise KeyError(
+                f"this step needs the input {name!r} (a DataDensity draws x from it); "
+                f"call the estimator with {name}=<tensor>; it got {sorted(self.inputs)}"
+            ) from None
+
+    def samples(self, density: Density, fresh_for: frozenset[nn.Module] = frozenset()) -> Samples:
+        """This round's samples from ``density``; redrawn only if a network in
+        ``fresh_for`` changed since they were drawn (their graph would be stale)."""
+        hit = self._samples.get(id(density))
+        if hit is not None and all(
+            _versions(self._params_of(m)) == hit.versions[i]
+            for i, m in enumerate(hit.keep[1])
+            if m in fresh_for
+        ):
+            return hit.out
+        nets = tuple(density.pathwise(frozenset(density.variables)))
+        versions = tuple(_versions(self._params_of(m)) for m in nets)
+        s = density.sample(self, self.n)
+        if self.validate:
+            self._check_samples(density, s)
+        self._samples[id(density)] = _Entry((density, nets), versions, s)
+        return s
+
+    # --- terms and losses ---------------------------------------------------------------
+    def term(self, term: Term, samples: Samples | None) -> Tensor:
+        """Per-sample values of ``term`` on ``samples`` (memoised)."""
+        key = (id(term), id(samples))
+        versions = tuple(_versions(self._params_of(m)) for m in term.modules)
+        hit = self._terms.get(key)
+        if hit is not None and hit.versions == versions:
+            return hit.out
+        out = term.evaluate(self, samples)
+        if self.validate:
+            self._check_term(term, samples, out)
+        self._terms[key] = _Entry((term, samples), versions, out)
+        return out
+
+    def _expectation(self, m: Merged, samples: dict[int, Samples]) -> Tensor:
+        if m.source is None:
+            return self.term(m.term, None)
+        s = samples[id(m.source)]
+        return s.mean(self.term(m.term, s))
+
+    def _compute(self, name: str) -> tuple[Tensor, Tensor]:
+        plan = self.estimator.plans[name]
+        samples = {id(d): self.samples(d, mods) for d, mods in plan.fresh}
+        for m in plan.value_only if self.estimator.values else ():
+            if m.source is not None and id(m.source) not in samples:
+                samples[id(m.source)] = self.samples(m.source)
+        surrogate = torch.zeros((), device=self.device, dtype=self.dtype)
+        for m in plan.gradient:
+            surrogate = surrogate + m.coef * self._expectation(m, samples)
+        value = surrogate.detach()
+        if self.estimator.values:
+            for m in plan.value_only:
+                value = value + m.coef * self._expectation(m, samples).detach()
+        for m, payer in plan.sampler_paid:
+            s = samples[id(payer)]
+            f = s.mean(self.term(payer.energy_term, s))
+            surrogate = surrogate + m.coef * (f - f.detach())  # ∇ log Z = E_π[∇f]
+        loss = plan.player.sign * (value + (surrogate - surrogate.detach()))
+        return loss, value
+
+    def loss(self, player: str) -> Tensor:
+        """The surrogate loss of ``player`` on the current parameters."""
+        if player not in self.estimator.plans:
+            raise KeyError(f"no player {player!r}; the players are {list(self.estimator.plans)}")
+        loss, self._values[player] = self._compute(player)
+        return loss
+
+    def value(self, player: str) -> Tensor:
+        """The estimate of ``player``'s objective from its last `loss` in this round."""
+        return self._values[player]
+
+    def backward(self, player: str, *, retain_graph: bool = True) -> Tensor:
+        """Compute ``player``'s loss (if not yet computed on the current parameters)
+        and back-propagate it into that player's parameters only; returns the loss."""
+        loss = self.loss(player)
+        params = self.estimator.parameters(player)
+        if loss.requires_grad and params:
+            torch.autograd.backward(loss, inputs=params, retain_graph=retain_graph)
+        return loss
+
+    # --- first-step validation ------------------------------------------------------------
+    def _where(self, term: Term) -> str:
+        users = [
+            name
+            for name, plan in self.estimator.plans.items()
+            if any(m.term is term for m in plan.gradient + plan.value_only)
+            or any(payer.energy_term is term for _, payer in plan.sampler_paid)
+        ]
+        nets = self.estimator._namer(term.modules) or "no network"
+        return f"{term.label} (network {nets}; used by {', '.join(repr(u) for u in users) or 'no player'})"
+
+    def _check_term(self, term: Term, samples: Samples | None, out: object) -> None:
+        expected = () if samples is None else (samples.n,)
+        if not isinstance(out, Tensor) or tuple(out.shape) != expected:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ShapeError(
+                f"{self._where(term)} must give one scalar per sample, shape {expected}, "
+                f"but gave {got} at the first step. An energy network returns (n,) or (n, 1); "
+                "an encoder returns a distribution with batch shape (n,) (use .to_event(1) "
+                "on a diagonal Normal)."
+            )
+        if not torch.isfinite(out).all():
+            raise NonFiniteError(
+                f"{self._where(term)} is not finite (NaN or inf) at the first step; check "
+                "the network's initialisation and the scale of its inputs."
+            )
+
+    def _check_samples(self, density: Density, s: Samples) -> None:
+        for v, t in s.values.items():
+            if t.shape[0] != s.n:
+                raise ShapeError(f"samples of {density.name}: {v} has {t.shape[0]} rows, expected {s.n}")
+            if not torch.isfinite(t).all():
+                raise NonFiniteError(
+                    f"samples of {v} from {density.name} ({density.describe_sampling()}) are not "
+                    "finite at the first step; check the network that produces them and the inputs."
+                )

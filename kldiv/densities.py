@@ -1,0 +1,693 @@
+r"""Joint densities over named variables, each written as a sum of named log-density terms.
+
+A density in kldiv is not a number-producing function but a *description*:
+it knows which variables it is over (``("x", "z")`` or ``("x",)``), how its
+log density splits into additive terms, which networks each term depends on,
+which variables each term reads, and whether the term can be computed at all.
+The compiler (:mod:`kldiv.compiler`) reads these descriptions to cancel what
+cancels and refuse what cannot be estimated.
+
+| density | log-density terms |
+| --- | --- |
+| [`GeneratorDensity`][kldiv.GeneratorDensity] | $\log \mathcal N(z; 0, I) + \log p_\theta(x \mid z)$ |
+| [`DataDensity`][kldiv.DataDensity] | $\log q_{\rm data}(x)$ (unknown) $+ \log q_\phi(z \mid x)$ |
+| [`LatentEBM`][kldiv.LatentEBM] | $f_\alpha(x, z) - \log Z(\alpha)$ |
+| [`MarginalEBM`][kldiv.MarginalEBM] | $f_\alpha(x) - \log Z(\alpha)$ |
+| [`DecoupledEBLVM`][kldiv.DecoupledEBLVM] | $f_\psi(x) - \log Z(\psi) + \log q_\phi(z \mid x)$ |
+
+Sign convention: every energy network returns $f$, the *log* of the
+unnormalised density ($f = -E$ for an energy $E$).
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import math
+from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import attrs
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+if TYPE_CHECKING:
+    from kldiv.samplers import Sampler
+
+__all__ = [
+    "DataDensity",
+    "DecoupledEBLVM",
+    "Density",
+    "Evaluator",
+    "GeneratorDensity",
+    "LatentEBM",
+    "MarginalEBM",
+    "Samples",
+    "Term",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_NO_MODULES: frozenset[nn.Module] = frozenset()
+
+
+class Evaluator(Protocol):
+    """What a term or a sampler may ask of the step that evaluates it.
+
+    The compiler's [`Round`][kldiv.compiler.Round] implements it: network calls
+    are memoised (one forward pass per network and sample set), samples are
+    drawn once per source, and inputs are the tensors given to the step.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+
+    def call(self, module: nn.Module, *args: Tensor) -> object:
+        """``module(*args)``, evaluated once per round for the same inputs."""
+
+    def input(self, name: str) -> Tensor:
+        """The tensor given to the step under ``name`` (e.g. the data batch)."""
+
+    def samples(self, density: Density) -> Samples:
+        """This round's sample set drawn from ``density``."""
+
+
+@attrs.frozen(eq=False)
+class Samples:
+    r"""A sample set: one tensor per variable, all with the same leading size $n$.
+
+    An importance-weighted sample set carries ``weights`` $w_i$ (detached).
+    With ``self_normalized=False`` an expectation is estimated by
+    $\frac1n \sum_i w_i t_i$, otherwise by $\sum_i w_i t_i / \sum_i w_i$.
+    """
+
+    values: Mapping[str, Tensor]
+    weights: Tensor | None = None
+    self_normalized: bool = False
+
+    def __getitem__(self, variable: str) -> Tensor:
+        return self.values[variable]
+
+    @property
+    def n(self) -> int:
+        """The number of samples."""
+        return next(iter(self.values.values())).shape[0]
+
+    def mean(self, t: Tensor) -> Tensor:
+        """The Monte Carlo estimate of $E[t]$ from per-sample values ``t`` of shape ``(n,)``."""
+        if self.weights is None:
+            return t.mean()
+        if self.self_normalized:
+            return (self.weights * t).sum() / self.weights.sum()
+        return (self.weights * t).mean()
+
+
+@attrs.frozen(eq=False)
+class Term:
+    """One additive term of a log density.
+
+    Attributes:
+        key: identity of the term. Two terms with equal keys are the same
+            function of the same variables (e.g. the ``log q(z|x)`` of a
+            `DataDensity` and of a `DecoupledEBLVM` sharing one encoder), so
+            their expectations under one source merge.
+        label: plain-text form, e.g. ``"f(x, z)"``.
+        latex: LaTeX form, e.g. ``r"f_\\alpha(x, z)"``.
+        reads: the variables the term reads; empty for a sample-constant term
+            such as ``log Z``, whose expectation is the same under any source.
+        modules: the networks whose parameters the term depends on directly.
+        computable: whether kldiv can evaluate the term (``log Z`` and
+            ``log q_data`` cannot).
+        reason: why the term cannot be computed, for error messages.
+        evaluate: ``evaluate(ev, samples) -> Tensor`` of shape ``(n,)``;
+            ``None`` for a term that cannot be computed.
+        normalizes: for ``log Z``, the energy network it normalises.
+        sign: the sign with which the term enters its log density
+            (``-1`` for ``log Z``, ``+1`` for every other term).
+    """
+
+    key: Hashable
+    label: str
+    latex: str
+    reads: frozenset[str]
+    modules: tuple[nn.Module, ...] = ()
+    computable: bool = True
+    reason: str = ""
+    evaluate: Callable[[Evaluator, Samples], Tensor] | None = None
+    normalizes: nn.Module | None = None
+    sign: float = 1.0
+
+
+class Density(abc.ABC):
+    """A joint density over named variables, as a sum of [`Term`][kldiv.Term]s.
+
+    Subclasses must implement exactly: `variables`, `terms`, `networks`,
+    `own_networks`, `dependence`, and, if they can be sampled, `sample` and
+    `pathwise`. Densities are compared by identity.
+
+    Arguments:
+        name: short name used when printing expressions (``"q"``, ``"p"``, ``"π"``).
+        latex: the name in LaTeX.
+    """
+
+    variables: tuple[str, ...]
+
+    def __init__(self, name: str, latex: str | None = None):
+        self.name = name
+        self.latex = name if latex is None else latex
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r} over {', '.join(self.variables)})"
+
+    @abc.abstractmethod
+    def terms(self) -> tuple[Term, ...]:
+        """The log density as a tuple of additive terms."""
+
+    @abc.abstractmethod
+    def networks(self) -> dict[str, nn.Module]:
+        """Every network the density uses, by role (``{"decoder": g}``)."""
+
+    @abc.abstractmethod
+    def own_networks(self) -> tuple[nn.Module, ...]:
+        """The networks a player named by this density trains."""
+
+    @abc.abstractmethod
+    def dependence(self, reads: frozenset[str]) -> frozenset[nn.Module]:
+        """Networks on which the marginal of the variables ``reads`` depends."""
+
+    def pathwise(self, reads: frozenset[str]) -> frozenset[nn.Module]:
+        """Networks through which this density's samples of ``reads`` carry gradients."""
+        return _NO_MODULES
+
+    def marginal_key(self, reads: frozenset[str]) -> Hashable:
+        """Identity of the marginal of ``reads`` under this density's samples.
+
+        Two sources with equal keys draw ``reads`` from the same distribution,
+        so $E_s[t]$ merges across them. By default only the density itself.
+        """
+        return ("density", id(self))
+
+    @property
+    def sampleable(self) -> bool:
+        """Whether the density can draw its own samples."""
+        return False
+
+    def sample(self, ev: Evaluator, n: int) -> Samples:
+        """Draw ``n`` samples of every variable (reparameterised where possible)."""
+        from kldiv.errors import NotSampleableError
+
+        raise NotSampleableError(f"{self!r} cannot be sampled; attach a sampler to it")
+
+    def describe_sampling(self) -> str:
+        """One line saying how samples are drawn, for `explain`."""
+        return "cannot be sampled"
+
+
+def _standard_normal_log_prob(z: Tensor) -> Tensor:
+    # (n, *latent) -> (n,)
+    flat = z.flatten(1)
+    return -0.5 * (flat.square().sum(1) + flat.shape[1] * _LOG_2PI)
+
+
+def _per_sample(out: Tensor) -> Tensor:
+    """Accept an ``(n,)`` or ``(n, 1)`` network output; leave anything else for validation."""
+    if out.dim() == 2 and out.shape[1] == 1:
+        return out[:, 0]
+    return out
+
+
+def _as_shape(shape: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+
+
+class GeneratorDensity(Density):
+    r"""The generator (top-down) density $p_\theta(x, z) = p(z)\, p_\theta(x \mid z)$.
+
+    $$ z \sim \mathcal N(0, I), \qquad x = g_\theta(z) + \sigma \epsilon,\ \epsilon \sim \mathcal N(0, I). $$
+
+    Log-density terms: $\log \mathcal N(z; 0, I)$ and
+    $\log \mathcal N(x; g_\theta(z), \sigma^2 I)$, or the decoder's own
+    ``log_prob`` when it returns a distribution (then leave ``sigma=None``).
+
+    Samples are drawn ancestrally and reparameterised, so $x$ carries the
+    gradient of $\theta$.  The papers draw synthesis samples without the
+    observation noise, $\tilde x \approx g_\theta(z)$ (Han et al. 2020, §4.6);
+    that is ``synthesis="mean"``, which changes the *sampler* of the source,
+    not the density: expectations under ``p`` are then taken over $x = g(z)$.
+
+    Arguments:
+        decoder: network $z \mapsto g(z)$, or $z \mapsto$ a distribution over $x$.
+        latent_shape: shape of $z$ (an int for a vector).
+        sigma: observation noise $\sigma$ (``None`` if the decoder returns a distribution).
+        synthesis: ``"sample"`` ($x = g(z) + \sigma\epsilon$) or ``"mean"`` ($x = g(z)$).
+        name: short name for printing.
+
+    Example:
+        >>> import torch
+        >>> from kldiv import GeneratorDensity
+        >>> p = GeneratorDensity(torch.nn.Linear(2, 3), latent_shape=2, sigma=0.5)
+        >>> [t.label for t in p.terms()]
+        ['log N(z; 0, I)', 'log N(x; g(z), σ²I)']
+    """
+
+    variables = ("x", "z")
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        *,
+        latent_shape: int | tuple[int, ...],
+        sigma: float | None = None,
+        synthesis: Literal["sample", "mean"] = "sample",
+        name: str = "p",
+        latex: str | None = None,
+    ):
+        super().__init__(name, latex)
+        if synthesis not in ("sample", "mean"):
+            raise ValueError(f"synthesis must be 'sample' or 'mean', got {synthesis!r}")
+        if sigma is not None and not float(sigma) > 0:
+            raise ValueError(f"sigma must be positive, got {sigma!r}")
+        self.decoder = decoder
+        self.latent_shape = _as_shape(latent_shape)
+        self.sigma = None if sigma is None else float(sigma)
+        self.synthesis = synthesis
+        self._terms = (
+            Term(
+                key=("standard_normal", self.latent_shape),
+                label="log N(z; 0, I)",
+                latex=r"\log \mathcal{N}(z; 0, I)",
+                reads=frozenset({"z"}),
+                evaluate=lambda ev, s: _standard_normal_log_prob(s["z"]),
+            ),
+            Term(
+                key=("likelihood", decoder, self.sigma),
+                label="log N(x; g(z), σ²I)" if self.sigma is not None else "log p(x|z)",
+                latex=r"\log p_\theta(x \mid z)",
+                reads=frozenset({"x", "z"}),
+                modules=(decoder,),
+                evaluate=self._log_likelihood,
+            ),
+        )
+
+    def _distribution_or_mean(self, ev: Evaluator, z: Tensor) -> Tensor | Distribution:
+        out = ev.call(self.decoder, z)
+        if isinstance(out, Distribution):
+            if self.sigma is not None:
+                raise TypeError(
+                    f"the decoder of {self!r} returns a distribution, so sigma must be None"
+                )
+            return out
+        if self.sigma is None:
+            raise TypeError(
+                f"the decoder of {self!r} returns a tensor (the mean g(z)); "
+                "give sigma, the observation noise, to make it a density"
+            )
+        return out
+
+    def _log_likelihood(self, ev: Evaluator, s: Samples) -> Tensor:
+        x = s["x"]
+        out = self._distribution_or_mean(ev, s["z"])
+        if isinstance(out, Distribution):
+            return out.log_prob(x)
+        sigma = self.sigma
+        resid = (x - out).flatten(1)  # (n, D)
+        d = resid.shape[1]
+        return -0.5 * resid.square().sum(1) / sigma**2 - d * (math.log(sigma) + 0.5 * _LOG_2PI)
+
+    def terms(self) -> tuple[Term, ...]:
+        return self._terms
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"decoder": self.decoder}
+
+    def own_networks(self) -> tuple[nn.Module, ...]:
+        return (self.decoder,)
+
+    def dependence(self, reads: frozenset[str]) -> frozenset[nn.Module]:
+        return frozenset({self.decoder}) if "x" in reads else _NO_MODULES
+
+    def pathwise(self, reads: frozenset[str]) -> frozenset[nn.Module]:
+        return self.dependence(reads)
+
+    def marginal_key(self, reads: frozenset[str]) -> Hashable:
+        if reads == {"z"}:
+            return ("standard_normal", self.latent_shape)
+        return super().marginal_key(reads)
+
+    @property
+    def sampleable(self) -> bool:
+        return True
+
+    def sample(self, ev: Evaluator, n: int) -> Samples:
+        z = torch.randn((n, *self.latent_shape), device=ev.device, dtype=ev.dtype)
+        out = self._distribution_or_mean(ev, z)
+        if isinstance(out, Distribution):
+            if self.synthesis == "mean":
+                x = out.mean
+            elif out.has_rsample:
+                x = out.rsample()
+            else:
+                raise TypeError(
+                    f"the decoder of {self!r} returns a {type(out).__name__}, which has no "
+                    "reparameterised sampler; kldiv needs pathwise samples of x. Use "
+                    "synthesis='mean' or a reparameterisable observation model"
+                )
+        elif self.synthesis == "mean":
+            x = out
+        else:
+            x = out + self.sigma * torch.randn_like(out)
+        return Samples({"x": x, "z": z})
+
+    def describe_sampling(self) -> str:
+        if self.synthesis == "mean":
+            return "z ~ N(0, I), x = g(z) (noise-free synthesis)"
+        return "z ~ N(0, I), x ~ p(x|z) (reparameterised)"
+
+
+class DataDensity(Density):
+    r"""The data (bottom-up) density $q_\phi(x, z) = q_{\rm data}(x)\, q_\phi(z \mid x)$.
+
+    $x$ is drawn from a source given to the step (by default the input
+    ``"data"``: the mini-batch), then $z \sim q_\phi(z \mid x)$ by
+    reparameterisation.  $\log q_{\rm data}(x)$ is unknown: it can never be
+    computed, so the compiler accepts it only where no player's gradient needs
+    it (e.g. $E_q[\log q_{\rm data}(x)]$ with $x$ from the data).
+
+    ``x`` may instead be another density (e.g. an EBM with a Langevin sampler,
+    as in Xie et al. 2021): its samples are then *treated as data*, detached,
+    with an unknown density that depends on no parameter.
+
+    Without an encoder the density is over ``x`` alone.
+
+    Arguments:
+        encoder: network $x \mapsto$ a ``pyro.distributions`` distribution over
+            $z$ with batch shape ``(n,)`` (use ``.to_event``), or ``None``.
+        x: name of the step input holding the data, or a density to draw $x$ from.
+        name: short name for printing.
+
+    Example:
+        >>> from kldiv import DataDensity
+        >>> DataDensity().variables
+        ('x',)
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module | None = None,
+        *,
+        x: str | Density = "data",
+        name: str = "q",
+        latex: str | None = None,
+    ):
+        super().__init__(name, latex)
+        if not isinstance(x, (str, Density)):
+            raise TypeError(f"x must be an input name or a Density, got {type(x).__name__}")
+        self.encoder = encoder
+        self.x_source = x
+        self.variables = ("x",) if encoder is None else ("x", "z")
+        origin = x if isinstance(x, str) else x.name
+        data = Term(
+            key=("data", x),
+            label="log q_data(x)" if isinstance(x, str) else f"log q_{origin}(x)",
+            latex=r"\log q_{\rm data}(x)",
+            reads=frozenset({"x"}),
+            computable=False,
+            reason=f"the density of the data (x from {origin!r}) is unknown",
+        )
+        self._terms = (data,) if encoder is None else (data, conditional_term(encoder))
+
+    def terms(self) -> tuple[Term, ...]:
+        return self._terms
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {} if self.encoder is None else {"encoder": self.encoder}
+
+    def own_networks(self) -> tuple[nn.Module, ...]:
+        return () if self.encoder is None else (self.encoder,)
+
+    def dependence(self, reads: frozenset[str]) -> frozenset[nn.Module]:
+        return frozenset({self.encoder}) if "z" in reads else _NO_MODULES
+
+    def pathwise(self, reads: frozenset[str]) -> frozenset[nn.Module]:
+        return self.dependence(reads)
+
+    def marginal_key(self, reads: frozenset[str]) -> Hashable:
+        if reads == {"x"}:  # x is the data, whatever the encoder
+            source = self.x_source if isinstance(self.x_source, str) else id(self.x_source)
+            return ("data", source)
+        return super().marginal_key(reads)
+
+    @property
+    def sampleable(self) -> bool:
+        return True
+
+    def sample(self, ev: Evaluator, n: int) -> Samples:
+        if isinstance(self.x_source, str):
+            x = ev.input(self.x_source)
+        else:
+            x = ev.samples(self.x_source)["x"].detach()
+        if self.encoder is None:
+            return Samples({"x": x})
+        return Samples({"x": x, "z": _rsample(ev.call(self.encoder, x), self)})
+
+    def describe_sampling(self) -> str:
+        origin = (
+            f"input {self.x_source!r}"
+            if isinstance(self.x_source, str)
+            else f"samples of {self.x_source.name} (detached)"
+        )
+        return f"x from {origin}" + ("" if self.encoder is None else ", z ~ q(z|x) (reparameterised)")
+
+
+def conditional_term(encoder: nn.Module) -> Term:
+    """The term $\\log q_\\phi(z \\mid x)$ of an encoder; shared by every density using it."""
+
+    def evaluate(ev: Evaluator, s: Samples) -> Tensor:
+        dist = ev.call(encoder, s["x"])
+        if not isinstance(dist, Distribution):
+            raise TypeError(
+                f"an encoder must return a torch/pyro distribution over z, got {type(dist).__name__}"
+            )
+        return dist.log_prob(s["z"])
+
+    return Term(
+        key=("conditional", encoder),
+        label="log q(z|x)",
+        latex=r"\log q_\phi(z \mid x)",
+        reads=frozenset({"x", "z"}),
+        modules=(encoder,),
+        evaluate=evaluate,
+    )
+
+
+def _rsample(dist: object, owner: Density) -> Tensor:
+    if not isinstance(dist, Distribution):
+        raise TypeError(
+            f"the encoder of {owner!r} must return a torch/pyro distribution over z, "
+            f"got {type(dist).__name__}"
+        )
+    if not dist.has_rsample:
+        raise TypeError(
+            f"the encoder of {owner!r} returns a {type(dist).__name__}, which cannot be "
+            "reparameterised; kldiv draws z by rsample() so that gradients reach the encoder"
+        )
+    return dist.rsample()
+
+
+class _EnergyBased(Density):
+    """Shared machinery of the densities with an energy network and a log normaliser."""
+
+    def __init__(self, energy: nn.Module, sampler: Sampler | None, name: str, latex: str | None):
+        super().__init__(name, latex)
+        self.energy = energy
+        self.sampler = sampler
+        reads = frozenset(self._energy_reads)
+        args = ", ".join(self._energy_reads)
+        self.energy_term = Term(
+            key=("energy", energy),
+            label=f"f({args})",
+            latex=rf"f({args})",
+            reads=reads,
+            modules=(energy,),
+            evaluate=lambda ev, s: _per_sample(
+                ev.call(energy, *(s[v] for v in self._energy_reads))
+            ),
+        )
+        self.log_normalizer = Term(
+            key=("log_normalizer", energy),
+            label=f"log Z({name})",
+            latex=rf"\log Z_{{{self.latex}}}",
+            reads=frozenset(),
+            modules=(energy,),
+            computable=False,
+            reason=f"the normalising constant of {name} is an intractable integral",
+            normalizes=energy,
+            sign=-1.0,
+        )
+
+    _energy_reads: tuple[str, ...]
+
+    def with_sampler(self, sampler: Sampler):
+        """A copy of this density that draws its samples with ``sampler``."""
+        new = copy.copy(self)
+        new.sampler = sampler
+        return new
+
+    @property
+    def sampleable(self) -> bool:
+        return self.sampler is not None
+
+    def own_networks(self) -> tuple[nn.Module, ...]:
+        return (self.energy,)
+
+    def describe_sampling(self) -> str:
+        if self.sampler is None:
+            return "cannot be sampled (no sampler attached)"
+        return f"sampled by {self.sampler!r} (samples detached)"
+
+
+class LatentEBM(_EnergyBased):
+    r"""A latent energy-based model $\pi_\alpha(x, z) = \exp f_\alpha(x, z) / Z(\alpha)$.
+
+    Log-density terms: $f_\alpha(x, z)$ and $-\log Z(\alpha)$.  $\log Z$ reads no
+    variable, so the compiler cancels it across sources (the divergence
+    triangle, Han et al. 2020, eq. 10); where it survives, the gradient
+    $\nabla_\alpha \log Z = E_\pi[\nabla_\alpha f]$ needs a sampler.
+
+    Arguments:
+        energy: network $(x, z) \mapsto f(x, z)$ of shape ``(n,)`` or ``(n, 1)``.
+        sampler: optional [`Sampler`][kldiv.samplers.Sampler] drawing from $\pi$.
+        name: short name for printing.
+    """
+
+    variables = ("x", "z")
+    _energy_reads = ("x", "z")
+
+    def __init__(
+        self,
+        energy: nn.Module,
+        *,
+        sampler: Sampler | None = None,
+        name: str = "π",
+        latex: str | None = r"\pi",
+    ):
+        super().__init__(energy, sampler, name, latex)
+
+    def terms(self) -> tuple[Term, ...]:
+        return (self.energy_term, self.log_normalizer)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"energy": self.energy}
+
+    def dependence(self, reads: frozenset[str]) -> frozenset[nn.Module]:
+        return frozenset({self.energy}) if reads else _NO_MODULES
+
+    def sample(self, ev: Evaluator, n: int) -> Samples:
+        if self.sampler is None:
+            return super().sample(ev, n)
+        return self.sampler.sample(self, ev, n)
+
+
+class MarginalEBM(_EnergyBased):
+    r"""An energy-based model on $x$ alone, $\pi_\alpha(x) = \exp f_\alpha(x) / Z(\alpha)$.
+
+    Arguments:
+        energy: network $x \mapsto f(x)$ of shape ``(n,)`` or ``(n, 1)``.
+        sampler: optional [`Sampler`][kldiv.samplers.Sampler] drawing from $\pi$.
+        name: short name for printing.
+    """
+
+    variables = ("x",)
+    _energy_reads = ("x",)
+
+    def __init__(
+        self,
+        energy: nn.Module,
+        *,
+        sampler: Sampler | None = None,
+        name: str = "π",
+        latex: str | None = r"\pi",
+    ):
+        super().__init__(energy, sampler, name, latex)
+
+    def terms(self) -> tuple[Term, ...]:
+        return (self.energy_term, self.log_normalizer)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"energy": self.energy}
+
+    def dependence(self, reads: frozenset[str]) -> frozenset[nn.Module]:
+        return frozenset({self.energy}) if reads else _NO_MODULES
+
+    def sample(self, ev: Evaluator, n: int) -> Samples:
+        if self.sampler is None:
+            return super().sample(ev, n)
+        return self.sampler.sample(self, ev, n)
+
+
+class DecoupledEBLVM(_EnergyBased):
+    r"""The decoupled energy-based latent-variable model $\Pi(x, z) = \pi_\psi(x)\, q_\phi(z \mid x)$.
+
+    A marginal EBM $\pi_\psi(x) = \exp f_\psi(x) / Z(\psi)$ times an encoder
+    borrowed from a [`DataDensity`][kldiv.DataDensity] (Kan et al. 2022, eq. 8;
+    the $\Pi$ of Han et al. 2019).  Log-density terms: $f_\psi(x)$,
+    $-\log Z(\psi)$ and $\log q_\phi(z \mid x)$ — the last is the *same* term as
+    the data density's, so in $\mathrm{KL}(q_{\rm data} q_\phi \,\|\, \pi_\psi q_\phi)$
+    it cancels and the encoder gets no gradient.
+
+    As a player, a `DecoupledEBLVM` trains its energy network only; name the
+    encoder (or its `DataDensity`) to train that too.
+
+    Arguments:
+        energy: a network $x \mapsto f(x)$, or a [`MarginalEBM`][kldiv.MarginalEBM]
+            (whose sampler, if any, then draws $x$).
+        encoder: the encoder network $x \mapsto q_\phi(z \mid x)$.
+        sampler: optional sampler for $x$ (overrides the marginal's).
+        name: short name for printing.
+    """
+
+    variables = ("x", "z")
+    _energy_reads = ("x",)
+
+    def __init__(
+        self,
+        energy: nn.Module | MarginalEBM,
+        encoder: nn.Module,
+        *,
+        sampler: Sampler | None = None,
+        name: str = "Π",
+        latex: str | None = r"\Pi",
+    ):
+        if isinstance(energy, MarginalEBM):
+            sampler = energy.sampler if sampler is None else sampler
+            energy = energy.energy
+        super().__init__(energy, sampler, name, latex)
+        self.encoder = encoder
+        self.conditional = conditional_term(encoder)
+
+    def terms(self) -> tuple[Term, ...]:
+        return (self.energy_term, self.log_normalizer, self.conditional)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"energy": self.energy, "encoder": self.encoder}
+
+    def dependence(self, reads: frozenset[str]) -> frozenset[nn.Module]:
+        if "z" in reads:
+            return frozenset({self.energy, self.encoder})
+        return frozenset({self.energy}) if reads else _NO_MODULES
+
+    def pathwise(self, reads: frozenset[str]) -> frozenset[nn.Module]:
+        return frozenset({self.encoder}) if "z" in reads else _NO_MODULES
+
+    def sample(self, ev: Evaluator, n: int) -> Samples:
+        if self.sampler is None:
+            return super().sample(ev, n)
+        xs = self.sampler.sample(self, ev, n)
+        x = xs["x"]
+        z = _rsample(ev.call(self.encoder, x), self)
+        return Samples({"x": x, "z": z}, weights=xs.weights, self_normalized=xs.self_normalized)
+
+    def describe_sampling(self) -> str:
+        if self.sampler is None:
+            return "cannot be sampled (no sampler attached)"
+        return f"x by {self.sampler!r} (detached), z ~ q(z|x) (reparameterised)"

@@ -1,0 +1,41 @@
+"""The errors kldiv raises, each a subclass of a built-in error users already catch."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CompileError",
+    "IntractableError",
+    "NonFiniteError",
+    "NotSampleableError",
+    "ShapeError",
+    "UnusedParametersError",
+    "VariableMismatchError",
+]
+
+
+class VariableMismatchError(TypeError):
+    """``KL(a, b)`` or ``S(a, b)`` between densities over different variables."""
+
+
+class CompileError(ValueError):
+    """A game that cannot be turned into a Monte Carlo estimator."""
+
+
+class IntractableError(CompileError):
+    """A player's gradient needs a term that kldiv may not compute or cannot sample."""
+
+
+class UnusedParametersError(CompileError):
+    """A player owns a network that its objective never depends on."""
+
+
+class NotSampleableError(RuntimeError):
+    """Samples were requested from a density that has no way to draw them."""
+
+
+class ShapeError(ValueError):
+    """A network returned an output of the wrong shape (checked at the first step)."""
+
+
+class NonFiniteError(FloatingPointError):
+    """A network output or a loss is NaN or infinite."""
