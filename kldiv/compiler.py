@@ -68,12 +68,14 @@ class Player:
         objective: the expression the player plays.
         direction: ``"min"`` or ``"max"``.
         networks: the networks whose parameters the player trains.
+        named: the densities and networks the player was named by.
     """
 
     name: str
     objective: Expression
     direction: Literal["min", "max"]
     networks: tuple[nn.Module, ...]
+    named: tuple[Density | nn.Module, ...] = ()
 
     @property
     def sign(self) -> float:
@@ -137,7 +139,7 @@ class Game:
                 networks.setdefault(id(net), net)
         if name is None:
             name = "+".join(item.name if isinstance(item, Density) else _network_name(item, objective) for item in over)
-        player = Player(name, objective, direction, tuple(networks.values()))
+        player = Player(name, objective, direction, tuple(networks.values()), tuple(over))
         return Game(self.players + (player,), objective=objective if self.objective is None else self.objective)
 
     def minimize(
@@ -162,6 +164,7 @@ class Game:
         """Every density of every objective, and the densities they draw samples from."""
         seen: dict[int, Density] = {}
         stack = [d for p in self.players for d in p.objective.densities()]
+        stack += [d for p in self.players for d in p.named if isinstance(d, Density)]
         while stack:
             d = stack.pop(0)
             if id(d) in seen:
@@ -331,9 +334,15 @@ def _plan(player: Player, payers: dict[int, Density], name: _Namer) -> Plan:
 
     unused = [net for net in player.networks if id(net) not in used]
     if unused:
+        in_objective = {id(m) for d in player.objective.densities() for m in d.networks().values()}
+        absent = [net for net in unused if id(net) not in in_objective]
         raise UnusedParametersError(
-            f"{who}: its objective never depends on {name(unused)} — every term that "
-            "involves it cancels or is constant for this player"
+            f"{who}: its objective never depends on {name(unused)} — "
+            + (
+                "no density of the objective uses it"
+                if absent
+                else "every term that involves it cancels or is constant for this player"
+            )
             + (f" (cancelled: {'; '.join(c.label() for c in cancelled)})" if cancelled else "")
             + ". Remove it from the player, or give the player an objective that trains it."
         )
@@ -404,7 +413,23 @@ class Estimator:
                 payers.setdefault(id(d.energy), d)
         self.plans: dict[str, Plan] = {p.name: _plan(p, payers, self._namer) for p in game.players}
         self._networks = {id(m): m for d in densities for m in d.networks().values()}
+        self._owners: dict[int, frozenset[str]] = {}
+        for p in game.players:
+            for m in p.networks:
+                self._owners[id(m)] = self._owners.get(id(m), frozenset()) | {p.name}
+        self._wrappers: dict[int, nn.Module] = {}
         self._validated = False
+
+    def distribute(self, wrappers: Mapping[nn.Module, nn.Module]) -> None:
+        """Route forward passes through wrappers such as ``DistributedDataParallel``.
+
+        ``wrappers`` maps a network of the game to its wrapper. Within a round a
+        network runs through its wrapper while one of the players that train it
+        has yet to back-propagate (so every wrapped forward is followed by
+        exactly one backward into its parameters, as DDP requires), and
+        directly afterwards.
+        """
+        self._wrappers = {id(m): w for m, w in wrappers.items()}
 
     # --- stepping -------------------------------------------------------------------
     def round(
@@ -505,11 +530,7 @@ class StepOutput:
         """Back-propagate each player's loss into that player's parameters only."""
         names = list(self.losses)
         for i, name in enumerate(names):
-            params = self.round.estimator.parameters(name)
-            if self.losses[name].requires_grad and params:
-                torch.autograd.backward(
-                    self.losses[name], inputs=params, retain_graph=i < len(names) - 1
-                )
+            self.round._backward(name, self.losses[name], retain_graph=i < len(names) - 1)
 
 
 @attrs.define(eq=False)
@@ -555,6 +576,7 @@ class Round:
         self._samples: dict[int, _Entry] = {}
         self._terms: dict[tuple, _Entry] = {}
         self._values: dict[str, Tensor] = {}
+        self._done: set[str] = set()  # players that have back-propagated in this round
 
     # --- the Evaluator protocol ---------------------------------------------------------
     def _params_of(self, module: nn.Module) -> list[nn.Parameter]:
@@ -570,7 +592,11 @@ class Round:
         hit = self._calls.get(key)
         if hit is not None and hit.versions == versions:
             return hit.out
-        out = module(*args)
+        wrapper = self.estimator._wrappers.get(id(module))
+        if wrapper is not None and not self.estimator._owners.get(id(module), frozenset()) <= self._done:
+            out = wrapper(*args)
+        else:
+            out = module(*args)
         self._calls[key] = _Entry((module, args), versions, out)
         return out
 
@@ -657,10 +683,14 @@ class Round:
         """Compute ``player``'s loss (if not yet computed on the current parameters)
         and back-propagate it into that player's parameters only; returns the loss."""
         loss = self.loss(player)
+        self._backward(player, loss, retain_graph)
+        return loss
+
+    def _backward(self, player: str, loss: Tensor, retain_graph: bool) -> None:
         params = self.estimator.parameters(player)
         if loss.requires_grad and params:
             torch.autograd.backward(loss, inputs=params, retain_graph=retain_graph)
-        return loss
+        self._done.add(player)
 
     # --- first-step validation ------------------------------------------------------------
     def _where(self, term: Term) -> str:

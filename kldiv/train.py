@@ -1,0 +1,451 @@
+"""The training loop every recipe shares.
+
+A recipe keeps its paper's algorithm in view and leaves the plumbing here:
+
+- a `@dataclass` config filled from the command line ([`parse_config`][kldiv.train.parse_config]);
+- the device (CUDA when present), ``--amp bf16`` autocast and ``--compile``;
+- batches that are a deterministic function of (seed, step), so a resumed run
+  sees exactly the batches an uninterrupted one would;
+- self-describing checkpoints ``{networks, optimizers, schedulers, config,
+  step, metrics, rng}`` written atomically and loaded with ``weights_only=True``;
+- a non-finite loss or gradient stops the run before the update, naming the
+  player and the step, with the last good checkpoint intact;
+- metrics as JSON lines, images as PNG, a tqdm progress bar;
+- several processes through ``torchrun``: each player's networks wrapped in
+  ``DistributedDataParallel``, each rank seeded apart and fed its own slice of
+  every global batch, only rank 0 writing.
+
+Example:
+    A recipe's loop (Algorithm 1 of Han et al. 2020)::
+
+        run = Run(cfg, name="latent_ebm")
+        ...
+        run.attach(step, networks, optimizers, schedulers)
+        for x in run.batches(dataset):
+            r = step.round(x)
+            for player in ("ebm", "encoder", "generator"):
+                run.update(r, player)
+            run.end_step()
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import typing
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from kldiv.compiler import Estimator, Round
+from kldiv.errors import NonFiniteError
+
+__all__ = [
+    "Run",
+    "RunConfig",
+    "StepBatchSampler",
+    "load_checkpoint",
+    "parse_config",
+    "save_checkpoint",
+]
+
+
+# ----------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------
+def option(default, help: str, **kw):
+    """A dataclass field with a command-line help text."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: default, metadata={"help": help, **kw})
+    return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Options every recipe shares (a recipe subclasses it with its paper's defaults)."""
+
+    data: str = option("digits", "data set: digits (embedded), mnist, fashion-mnist, cifar10, svhn, celeba")
+    data_root: str = option("data", "where the data set's files are (torchvision layout)")
+    download: bool = option(False, "download the data set into --data-root if missing")
+    image_size: int = option(0, "resize images to this size (0: the data set's own)")
+    batch_size: int = option(100, "mini-batch size per process")
+    steps: int = option(1000, "number of training rounds (one update of every player each)")
+    seed: int = option(0, "random seed")
+    out: str = option("", "output directory (default runs/<recipe>)")
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    amp: str = option("none", "mixed precision: none or bf16", choices=("none", "bf16"))
+    compile: bool = option(False, "compile the networks with torch.compile")
+    resume: bool = option(False, "continue from the checkpoint in --out")
+    log_every: int = option(50, "write metrics every this many steps")
+    sample_every: int = option(500, "write sample grids every this many steps")
+    checkpoint_every: int = option(500, "write a checkpoint every this many steps")
+    num_workers: int = option(0, "data-loading worker processes")
+
+
+def parse_config(cls: type, argv: list[str] | None = None):
+    """Fill the dataclass ``cls`` from the command line (``--batch-size 64``, ``--no-compile``)."""
+    parser = argparse.ArgumentParser(description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        meta = dict(f.metadata)
+        help_ = meta.pop("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        else:
+            parser.add_argument(flag, type=kind, default=default, help=f"{help_} (default: {default})", **meta)
+    args = parser.parse_args(argv)
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------
+def save_checkpoint(path: str | Path, state: Mapping) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same
+    directory, flushed to disk, then renamed over the old checkpoint, so a
+    process killed mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(dict(state), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}; start without --resume, or point --out at the run")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _rng_state() -> dict:
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_rest": [int(pos), int(has_gauss), float(cached)],
+        "python": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    pos, has_gauss, cached = state["numpy_rest"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------
+class StepBatchSampler(Sampler[list[int]]):
+    """Index batches that are a function of (seed, step): exact resumption for free.
+
+    Step ``t`` belongs to epoch ``t // steps_per_epoch``; each epoch is a fresh
+    permutation drawn from ``seed + epoch``; the global batch of ``batch_size ×
+    world`` indices is cut into per-rank slices, so ``world`` processes see
+    together exactly what one process sees with a ``world`` times larger batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, start: int, stop: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start, self.stop, self.rank, self.world = start, stop, rank, world
+        self.global_batch = batch_size * world
+        if self.global_batch > n:
+            raise ValueError(f"a global batch of {self.global_batch} is larger than the data set ({n})")
+        self.steps_per_epoch = n // self.global_batch
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm, epoch = None, -1
+        for t in range(self.start, self.stop):
+            e, i = divmod(t, self.steps_per_epoch)
+            if e != epoch:
+                g = torch.Generator().manual_seed(self.seed * 100_003 + e)
+                perm, epoch = torch.randperm(self.n, generator=g), e
+            lo = i * self.global_batch + self.rank * self.batch_size
+            yield perm[lo : lo + self.batch_size].tolist()
+
+
+def _images(item) -> Tensor:
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def _collate(items) -> Tensor:
+    return torch.stack([_images(it) for it in items])
+
+
+# ----------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------
+class Run:
+    """One training run: device, processes, output directory, checkpoints, logs.
+
+    Arguments:
+        cfg: the recipe's config (a [`RunConfig`][kldiv.train.RunConfig] subclass).
+        name: the recipe's name (default output directory ``runs/<name>``).
+    """
+
+    def __init__(self, cfg: RunConfig, *, name: str):
+        self.cfg = cfg
+        self.name = name
+        self.rank, self.world, local = 0, 1, 0
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch.distributed as dist
+
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
+            if cuda:
+                torch.cuda.set_device(local)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if cuda else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if cfg.device == "auto":
+            self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        elif cfg.device == "cuda" and self.world > 1:
+            self.device = torch.device(f"cuda:{local}")
+        else:
+            self.device = torch.device(cfg.device)
+        self.out = Path(cfg.out or Path("runs") / name)
+        self.checkpoint_path = self.out / "checkpoint.pt"
+        self.step = 0
+        self.metrics: dict[str, float] = {}
+        seed = cfg.seed + 1_000_003 * self.rank  # each rank samples its own noise
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        self._t0 = time.perf_counter()
+        self._bar = None
+        self._last_saved: int | None = None
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files (rank 0)."""
+        return self.rank == 0
+
+    # --- networks -----------------------------------------------------------------------
+    def prepare(self, net: nn.Module) -> nn.Module:
+        """Move a network to the device and, with ``--compile``, compile it.
+        Build the densities from what this returns; keep the original for
+        checkpoints (`attach`)."""
+        net = net.to(self.device)
+        return torch.compile(net) if self.cfg.compile else net
+
+    def attach(
+        self,
+        estimator: Estimator,
+        networks: Mapping[str, nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        schedulers: Mapping[str, object] | None = None,
+        extra_state: Mapping[str, object] | None = None,
+    ) -> None:
+        """Register what the checkpoints hold, wrap the players' networks for
+        several processes, and resume if asked.
+
+        Arguments:
+            estimator: the compiled game.
+            networks: the networks by name (the uncompiled modules).
+            optimizers: one optimiser per player, keyed by player name.
+            schedulers: learning-rate schedulers stepped once per epoch.
+            extra_state: objects with ``state_dict``/``load_state_dict`` (e.g.
+                a persistent sampler buffer) to checkpoint too.
+        """
+        self.estimator = estimator
+        self.networks = dict(networks)
+        self.optimizers = dict(optimizers)
+        self.schedulers = dict(schedulers or {})
+        self.extra_state = dict(extra_state or {})
+        missing = set(estimator.plans) - set(self.optimizers)
+        if missing:
+            raise ValueError(f"give an optimiser for every player; missing {sorted(missing)}")
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            trained = {id(m) for p in estimator.game.players for m in p.networks}
+            wrappers = {}
+            for m in estimator._networks.values():
+                if id(m) in trained and any(q.requires_grad for q in m.parameters()):
+                    ids = [self.device.index] if self.device.type == "cuda" else None
+                    wrappers[m] = DDP(m, device_ids=ids)
+            estimator.distribute(wrappers)
+        if self.cfg.resume:
+            self._resume()
+
+    def _state(self) -> dict:
+        return {
+            "networks": {k: m.state_dict() for k, m in self.networks.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "extra": {k: s.state_dict() for k, s in self.extra_state.items()},
+            "config": dataclasses.asdict(self.cfg),
+            "step": self.step,
+            "metrics": dict(self.metrics),
+            "rng": _rng_state(),
+        }
+
+    def save(self) -> None:
+        """Write the checkpoint (rank 0 only), atomically."""
+        if self.is_main:
+            save_checkpoint(self.checkpoint_path, self._state())
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        for k, m in self.networks.items():
+            m.load_state_dict(state["networks"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        for k, s in self.extra_state.items():
+            s.load_state_dict(state["extra"][k])
+        self.step = int(state["step"])
+        self.metrics = dict(state["metrics"])
+        if self.world == 1:
+            _set_rng_state({k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in state["rng"].items()})
+        else:  # the checkpoint holds rank 0's generators; move every rank on by the step
+            seed = self.cfg.seed + 1_000_003 * self.rank + 7919 * self.step
+            torch.manual_seed(seed)
+
+    # --- the loop -----------------------------------------------------------------------
+    def batches(self, dataset: Dataset | Tensor) -> Iterator[Tensor]:
+        """The remaining batches of the run (from the resumed step to ``--steps``),
+        on the device; ``self.step`` is the index of the batch being yielded."""
+        n = dataset.shape[0] if isinstance(dataset, Tensor) else len(dataset)
+        sampler = StepBatchSampler(
+            n, self.cfg.batch_size, seed=self.cfg.seed, start=self.step, stop=self.cfg.steps,
+            rank=self.rank, world=self.world,
+        )
+        self.steps_per_epoch = sampler.steps_per_epoch
+        if isinstance(dataset, Tensor):
+            source = (dataset[idx] for idx in sampler)
+        else:
+            source = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                                     collate_fn=_collate, pin_memory=self.device.type == "cuda"))
+        if self.is_main:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.name, dynamic_ncols=True,
+                             disable=not sys.stderr.isatty() and os.environ.get("KLDIV_PROGRESS") != "1")
+        for x in source:
+            yield x.to(self.device, non_blocking=True)
+
+    def autocast(self):
+        """The ``--amp`` autocast context (a no-op without ``--amp bf16``)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
+
+    def update(self, r: Round, player: str) -> float:
+        """Back-propagate ``player``'s loss in round ``r``, check it, and step its optimiser.
+
+        Raises:
+            NonFiniteError: the loss or a gradient is NaN/inf; nothing is
+                updated and the last checkpoint stays as it was.
+        """
+        opt = self.optimizers[player]
+        opt.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = r.backward(player)
+        params = self.estimator.parameters(player)
+        grads = [p.grad for p in params if p.grad is not None]
+        finite = torch.isfinite(loss.detach()).all()
+        if grads:
+            finite = finite & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        if not bool(finite):
+            what = "loss" if not torch.isfinite(loss.detach()).all() else "gradient"
+            last = f"{self.checkpoint_path} (step {self._last_saved})" if self._last_saved is not None else "none written yet"
+            raise NonFiniteError(
+                f"player {player!r} at step {self.step}: the {what} is not finite, so the run "
+                f"stops before updating. The last good checkpoint is {last}; resume from it with "
+                "--resume, perhaps with a lower learning rate or --amp none."
+            )
+        opt.step()
+        value = float(r.value(player))
+        self.metrics[player] = value
+        return value
+
+    def end_step(self, **extra: float) -> None:
+        """Close the step: log, checkpoint and step the per-epoch schedulers on schedule."""
+        self.metrics.update({k: float(v) for k, v in extra.items()})
+        self.step += 1
+        if self.schedulers and self.step % self.steps_per_epoch == 0:
+            for s in self.schedulers.values():
+                s.step()
+        cfg = self.cfg
+        if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+            self.log(self.metrics)
+        if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            self.save()
+            self._last_saved = self.step
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix({k: f"{v:.3g}" for k, v in list(self.metrics.items())[:4]}, refresh=False)
+            if self.step == cfg.steps:
+                self._bar.close()
+
+    def should_sample(self) -> bool:
+        """Whether this step (already closed by `end_step`) writes sample grids."""
+        return self.is_main and (self.step % self.cfg.sample_every == 0 or self.step == self.cfg.steps)
+
+    def log(self, metrics: Mapping[str, float]) -> None:
+        """Append one JSON line ``{"step", "time", **metrics}`` to ``metrics.jsonl``."""
+        if not self.is_main:
+            return
+        row = {"step": self.step, "time": round(time.perf_counter() - self._t0, 3)}
+        row.update({k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()})
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def save_images(self, name: str, images: Tensor, nrow: int = 10) -> Path | None:
+        """Save images in [-1, 1] as a PNG grid ``<out>/<name>.png`` (rank 0)."""
+        if not self.is_main:
+            return None
+        from torchvision.utils import save_image
+
+        path = self.out / f"{name}.png"
+        save_image(images.detach().float().cpu().clamp(-1, 1) * 0.5 + 0.5, path, nrow=nrow)
+        return path
+
+    def close(self) -> None:
+        """Tear down the process group of a distributed run."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
