@@ -219,8 +219,14 @@ class Merged:
         return f"E_{self.source.name}[{self.term.label}]"
 
     def origin_text(self) -> str:
-        """Where the summand came from, e.g. ``"+1 from KL(p ‖ π), −1 from −KL(q ‖ π)"``."""
-        return ", ".join(f"{_signed(c)} from {o}" for c, o in self.origins)
+        """Where the summand came from, per divergence, e.g. ``"+1 from KL(p ‖ π), −1 from −KL(q ‖ π)"``;
+        a divergence whose own contributions cancel is said to cancel within."""
+        per: dict[str, float] = {}
+        for c, o in self.origins:
+            per[o] = per.get(o, 0.0) + c
+        alive = [f"{_signed(c)} from {o}" for o, c in per.items() if abs(c) >= _EPS]
+        within = [o for o, c in per.items() if abs(c) < _EPS]
+        return ", ".join(alive + ([f"cancels within {' and '.join(within)}"] if within else []))
 
 
 def _signed(c: float) -> str:

@@ -414,7 +414,7 @@ class DataDensity(Density):
             computable=False,
             reason=f"the density of the data (x from {origin!r}) is unknown",
         )
-        self._terms = (data,) if encoder is None else (data, conditional_term(encoder))
+        self._terms = (data,) if encoder is None else (data, conditional_term(encoder, name))
 
     def terms(self) -> tuple[Term, ...]:
         return self._terms
@@ -459,8 +459,9 @@ class DataDensity(Density):
         return f"x from {origin}" + ("" if self.encoder is None else ", z ~ q(z|x) (reparameterised)")
 
 
-def conditional_term(encoder: nn.Module) -> Term:
-    """The term $\\log q_\\phi(z \\mid x)$ of an encoder; shared by every density using it."""
+def conditional_term(encoder: nn.Module, name: str = "q") -> Term:
+    """The term $\\log q_\\phi(z \\mid x)$ of an encoder; shared by every density using it
+    (its key is the encoder), labelled ``log <name>(z|x)``."""
 
     def evaluate(ev: Evaluator, s: Samples) -> Tensor:
         dist = ev.call(encoder, s["x"])
@@ -472,7 +473,7 @@ def conditional_term(encoder: nn.Module) -> Term:
 
     return Term(
         key=("conditional", encoder),
-        label="log q(z|x)",
+        label=f"log {name}(z|x)",
         latex=r"\log q_\phi(z \mid x)",
         reads=frozenset({"x", "z"}),
         modules=(encoder,),

@@ -53,6 +53,7 @@ from kldiv.errors import NonFiniteError
 
 __all__ = [
     "Run",
+    "build_networks",
     "RunConfig",
     "StepBatchSampler",
     "load_checkpoint",
@@ -93,22 +94,55 @@ class RunConfig:
     num_workers: int = option(0, "data-loading worker processes")
 
 
-def parse_config(cls: type, argv: list[str] | None = None):
-    """Fill the dataclass ``cls`` from the command line (``--batch-size 64``, ``--no-compile``)."""
-    parser = argparse.ArgumentParser(description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
+def parse_config(cls: type, argv: list[str] | None = None, presets: Mapping[str, Mapping] | None = None):
+    """Fill the dataclass ``cls`` from the command line (``--batch-size 64``, ``--no-compile``).
+
+    ``presets`` maps a data set name to option values that replace the
+    dataclass defaults for that data set (e.g. small networks for the
+    embedded digits on a CPU); an option given on the command line always wins.
+    """
+    parser = argparse.ArgumentParser(
+        description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None
+    )
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    fields = dataclasses.fields(cls)
+    for f in fields:
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         meta = dict(f.metadata)
         help_ = meta.pop("help", "")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f"{help_} (default: {default})")
         else:
-            parser.add_argument(flag, type=kind, default=default, help=f"{help_} (default: {default})", **meta)
-    args = parser.parse_args(argv)
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
+                                help=f"{help_} (default: {default})", **meta)
+    given = vars(parser.parse_args(argv))
+    cfg = cls(**given)
+    preset = dict((presets or {}).get(cfg.data, {}))
+    unknown = set(preset) - {f.name for f in fields}
+    if unknown:
+        raise ValueError(f"preset for {cfg.data!r} sets unknown options {sorted(unknown)}")
+    return dataclasses.replace(cfg, **{k: v for k, v in preset.items() if k not in given})
+
+
+def build_networks(architecture: Mapping[str, tuple[str, Mapping]]) -> dict[str, nn.Module]:
+    """Build networks from ``{name: ("kldiv.nn.Generator", {constructor arguments})}``.
+
+    Checkpoints store this mapping, so a run can be rebuilt from its checkpoint
+    alone (``python -m kldiv.evaluate RUN_DIR``). Only classes of the
+    ``kldiv`` package are accepted.
+    """
+    import importlib
+
+    nets = {}
+    for name, (path, kwargs) in architecture.items():
+        module, _, cls = path.rpartition(".")
+        if not module.startswith("kldiv."):
+            raise ValueError(f"network {name!r}: only kldiv classes can be rebuilt, got {path}")
+        nets[name] = getattr(importlib.import_module(module), cls)(**kwargs)
+    return nets
 
 
 # ----------------------------------------------------------------------------------------
@@ -275,6 +309,7 @@ class Run:
         optimizers: Mapping[str, torch.optim.Optimizer],
         schedulers: Mapping[str, object] | None = None,
         extra_state: Mapping[str, object] | None = None,
+        architecture: Mapping[str, tuple[str, Mapping]] | None = None,
     ) -> None:
         """Register what the checkpoints hold, wrap the players' networks for
         several processes, and resume if asked.
@@ -286,12 +321,15 @@ class Run:
             schedulers: learning-rate schedulers stepped once per epoch.
             extra_state: objects with ``state_dict``/``load_state_dict`` (e.g.
                 a persistent sampler buffer) to checkpoint too.
+            architecture: how to rebuild the networks (see
+                [`build_networks`][kldiv.train.build_networks]), stored in checkpoints.
         """
         self.estimator = estimator
         self.networks = dict(networks)
         self.optimizers = dict(optimizers)
         self.schedulers = dict(schedulers or {})
         self.extra_state = dict(extra_state or {})
+        self.architecture = {k: (path, dict(kw)) for k, (path, kw) in (architecture or {}).items()}
         missing = set(estimator.plans) - set(self.optimizers)
         if missing:
             raise ValueError(f"give an optimiser for every player; missing {sorted(missing)}")
@@ -315,6 +353,8 @@ class Run:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "extra": {k: s.state_dict() for k, s in self.extra_state.items()},
             "config": dataclasses.asdict(self.cfg),
+            "recipe": self.name,
+            "architecture": {k: [path, kw] for k, (path, kw) in self.architecture.items()},
             "step": self.step,
             "metrics": dict(self.metrics),
             "rng": _rng_state(),
@@ -371,30 +411,48 @@ class Run:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
 
     def update(self, r: Round, player: str) -> float:
-        """Back-propagate ``player``'s loss in round ``r``, check it, and step its optimiser.
+        """Back-propagate ``player``'s loss in round ``r``, check it, and step its optimiser
+        (one line of a sequential schedule such as the papers' Algorithm 1).
 
         Raises:
             NonFiniteError: the loss or a gradient is NaN/inf; nothing is
                 updated and the last checkpoint stays as it was.
         """
-        opt = self.optimizers[player]
-        opt.zero_grad(set_to_none=True)
+        self._backward(r, player)
+        self.optimizers[player].step()
+        return self._record(r, player)
+
+    def update_all(self, r: Round) -> dict[str, float]:
+        """Every player's gradient from the same parameters, then every optimiser
+        steps (a simultaneous schedule: one shared evaluation per round)."""
+        names = list(self.estimator.plans)
+        for name in names:
+            self._backward(r, name)
+        for name in names:
+            self.optimizers[name].step()
+        return {name: self._record(r, name) for name in names}
+
+    def _backward(self, r: Round, player: str) -> None:
+        self.optimizers[player].zero_grad(set_to_none=True)
         with self.autocast():
             loss = r.backward(player)
-        params = self.estimator.parameters(player)
-        grads = [p.grad for p in params if p.grad is not None]
-        finite = torch.isfinite(loss.detach()).all()
-        if grads:
-            finite = finite & torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        if not bool(finite):
-            what = "loss" if not torch.isfinite(loss.detach()).all() else "gradient"
-            last = f"{self.checkpoint_path} (step {self._last_saved})" if self._last_saved is not None else "none written yet"
+        grads = [p.grad for p in self.estimator.parameters(player) if p.grad is not None]
+        loss_ok = torch.isfinite(loss.detach()).all()
+        ok = loss_ok & torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else loss_ok
+        if not bool(ok):
+            what = "loss" if not bool(loss_ok) else "gradient"
+            last = (
+                f"{self.checkpoint_path} (step {self._last_saved})"
+                if self._last_saved is not None
+                else "none written yet"
+            )
             raise NonFiniteError(
                 f"player {player!r} at step {self.step}: the {what} is not finite, so the run "
                 f"stops before updating. The last good checkpoint is {last}; resume from it with "
                 "--resume, perhaps with a lower learning rate or --amp none."
             )
-        opt.step()
+
+    def _record(self, r: Round, player: str) -> float:
         value = float(r.value(player))
         self.metrics[player] = value
         return value
@@ -440,6 +498,29 @@ class Run:
         path = self.out / f"{name}.png"
         save_image(images.detach().float().cpu().clamp(-1, 1) * 0.5 + 0.5, path, nrow=nrow)
         return path
+
+    def snapshot(self, generator: nn.Module, z: Tensor, encoder: nn.Module | None = None,
+                 x: Tensor | None = None) -> None:
+        """Write ``samples.png`` (``generator(z)``) and, with an encoder, ``reconstructions.png``
+        (data rows above their reconstructions ``g(mu_q(x))``), networks in eval mode."""
+        if not self.is_main:
+            return
+        nets = [m for m in (generator, encoder) if m is not None]
+        modes = [m.training for m in nets]
+        try:
+            for m in nets:
+                m.eval()
+            with torch.no_grad():
+                self.save_images("samples", generator(z))
+                if encoder is not None and x is not None:
+                    k = min(10, x.shape[0])  # images per row
+                    x = x[: min(50, x.shape[0]) // k * k]
+                    rec = generator(encoder(x).mean)
+                    rows = torch.stack([x.unflatten(0, (-1, k)), rec.unflatten(0, (-1, k))], 1)
+                    self.save_images("reconstructions", rows.flatten(0, 2), nrow=k)
+        finally:
+            for m, mode in zip(nets, modes):
+                m.train(mode)
 
     def close(self) -> None:
         """Tear down the process group of a distributed run."""
