@@ -715,14 +715,14 @@ class Round:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ShapeError(
                 f"{self._where(term)} must give one scalar per sample, shape {expected}, "
-                f"but gave {got} at the first step. An energy network returns (n,) or (n, 1); "
+                f"but gave {got} in the estimator's first round. An energy network returns (n,) or (n, 1); "
                 "an encoder returns a distribution with batch shape (n,) (use .to_event(1) "
                 "on a diagonal Normal)."
             )
         if not torch.isfinite(out).all():
             raise NonFiniteError(
-                f"{self._where(term)} is not finite (NaN or inf) at the first step; check "
-                "the network's initialisation and the scale of its inputs."
+                f"{self._where(term)} is not finite (NaN or inf) in the estimator's first "
+                "round; check the network's initialisation and the scale of its inputs."
             )
 
     def _check_samples(self, density: Density, s: Samples) -> None:
@@ -732,5 +732,6 @@ class Round:
             if not torch.isfinite(t).all():
                 raise NonFiniteError(
                     f"samples of {v} from {density.name} ({density.describe_sampling()}) are not "
-                    "finite at the first step; check the network that produces them and the inputs."
+                    "finite in the estimator's first round; check the network that produces them "
+                    "and the inputs."
                 )

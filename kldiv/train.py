@@ -370,7 +370,13 @@ class Run:
         for k, m in self.networks.items():
             m.load_state_dict(state["networks"][k])
         for k, o in self.optimizers.items():
+            # The optimiser's moments come back; its learning rates are the command
+            # line's (times any decay accrued), so a run can resume with a lower rate.
+            fresh = [g["lr"] for g in o.param_groups]
             o.load_state_dict(state["optimizers"][k])
+            for g, lr in zip(o.param_groups, fresh):
+                decayed = g["lr"] / g["initial_lr"] if g.get("initial_lr") else 1.0
+                g["initial_lr"], g["lr"] = lr, lr * decayed
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
         for k, s in self.extra_state.items():
@@ -396,8 +402,12 @@ class Run:
         if isinstance(dataset, Tensor):
             source = (dataset[idx] for idx in sampler)
         else:
+            # The loader's own generator: creating its iterator must not draw from the
+            # global one, or a resumed run would sample different noise.
+            loader_rng = torch.Generator().manual_seed(self.cfg.seed + self.step)
             source = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers,
-                                     collate_fn=_collate, pin_memory=self.device.type == "cuda"))
+                                     collate_fn=_collate, pin_memory=self.device.type == "cuda",
+                                     generator=loader_rng))
         if self.is_main:
             from tqdm.auto import tqdm
 
@@ -434,23 +444,29 @@ class Run:
 
     def _backward(self, r: Round, player: str) -> None:
         self.optimizers[player].zero_grad(set_to_none=True)
-        with self.autocast():
-            loss = r.backward(player)
+        try:
+            with self.autocast():
+                loss = r.backward(player)
+        except NonFiniteError as err:  # a network output caught by the first-round checks
+            raise NonFiniteError(f"{err}\n{self._stop_note(player)}") from err
         grads = [p.grad for p in self.estimator.parameters(player) if p.grad is not None]
         loss_ok = torch.isfinite(loss.detach()).all()
         ok = loss_ok & torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else loss_ok
         if not bool(ok):
             what = "loss" if not bool(loss_ok) else "gradient"
-            last = (
-                f"{self.checkpoint_path} (step {self._last_saved})"
-                if self._last_saved is not None
-                else "none written yet"
-            )
-            raise NonFiniteError(
-                f"player {player!r} at step {self.step}: the {what} is not finite, so the run "
-                f"stops before updating. The last good checkpoint is {last}; resume from it with "
-                "--resume, perhaps with a lower learning rate or --amp none."
-            )
+            raise NonFiniteError(f"the {what} is not finite.\n{self._stop_note(player)}")
+
+    def _stop_note(self, player: str) -> str:
+        last = (
+            f"{self.checkpoint_path} (step {self._last_saved})"
+            if self._last_saved is not None
+            else f"{self.checkpoint_path} as it was" if self.cfg.resume else "none written yet"
+        )
+        return (
+            f"player {player!r} at step {self.step}: the run stops before updating. The last "
+            f"good checkpoint is {last}; resume from it with --resume, perhaps with a lower "
+            "learning rate or --amp none."
+        )
 
     def _record(self, r: Round, player: str) -> float:
         value = float(r.value(player))

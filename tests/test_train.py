@@ -1,0 +1,146 @@
+"""The shared training loop: exact resume, atomic checkpoints, non-finite stops, several processes."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kldiv.errors import NonFiniteError
+from kldiv.train import RunConfig, StepBatchSampler, load_checkpoint, parse_config, save_checkpoint
+from recipe_runner import load_recipe
+
+HERE = Path(__file__).parent
+TINY = ["--image-size", "8", "--latent-dim", "4", "--width", "4", "--batch-size", "16", "--log-every", "1"]
+
+
+# ----------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Cfg(RunConfig):
+    sigma: float = 0.3
+    inference: str = dataclasses.field(default="a", metadata={"help": "x", "choices": ("a", "b")})
+
+
+def test_parse_config_applies_presets_below_explicit_options():
+    presets = {"digits": {"sigma": 0.1, "steps": 7}}
+    cfg = parse_config(_Cfg, ["--steps", "3", "--no-compile", "--inference", "b"], presets)
+    assert (cfg.steps, cfg.sigma, cfg.compile, cfg.inference) == (3, 0.1, False, "b")
+    assert parse_config(_Cfg, ["--data", "mnist"], presets).sigma == 0.3
+    with pytest.raises(SystemExit):
+        parse_config(_Cfg, ["--inference", "c"])
+
+
+def test_step_batches_are_a_function_of_the_step_and_shard_across_ranks():
+    one = list(StepBatchSampler(20, 4, seed=1, start=0, stop=10))
+    later = list(StepBatchSampler(20, 4, seed=1, start=6, stop=10))
+    assert later == one[6:]
+    two = [list(StepBatchSampler(20, 2, seed=1, start=0, stop=10, rank=r, world=2)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*two)] == one
+    epoch0 = sorted(i for b in one[:5] for i in b)
+    assert epoch0 == list(range(20))
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    state = {"networks": {"g": {"w": torch.randn(3)}}, "step": 4, "config": {"a": "b"}, "rng": [1, 2]}
+    save_checkpoint(tmp_path / "c.pt", state)
+    back = load_checkpoint(tmp_path / "c.pt")
+    assert back["step"] == 4 and torch.equal(back["networks"]["g"]["w"], state["networks"]["g"]["w"])
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary left behind
+    with pytest.raises(FileNotFoundError, match="without --resume"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+_WRITER = """
+import sys, torch
+from kldiv.train import save_checkpoint
+big = {"payload": torch.randn(40_000_000), "step": 2}
+print("ready", flush=True)
+while True:
+    save_checkpoint(sys.argv[1], big)
+"""
+
+
+def test_sigkill_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1, "payload": torch.zeros(3)})
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    deadline = time.time() + 120
+    while not any(p.suffix == ".tmp" and p.stat().st_size > 1_000_000 for p in tmp_path.iterdir()):
+        assert time.time() < deadline, "the writer never started a temporary file"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-write: the temporary file is half written
+    proc.wait()
+    state = load_checkpoint(path)
+    assert state["step"] in (1, 2)
+    if state["step"] == 2:
+        assert state["payload"].numel() == 40_000_000
+
+
+# ----------------------------------------------------------------------------------------
+# Through a recipe
+# ----------------------------------------------------------------------------------------
+def _params(run):
+    return {k: v.detach().clone() for name, m in run.networks.items() for k, v in m.state_dict().items()}
+
+
+def test_resume_is_exact(tmp_path):
+    latent_ebm = load_recipe("latent_ebm")
+    straight = latent_ebm.main([*TINY, "--steps", "6", "--out", str(tmp_path / "a")])
+    latent_ebm.main([*TINY, "--steps", "3", "--out", str(tmp_path / "b")])
+    resumed = latent_ebm.main([*TINY, "--steps", "6", "--out", str(tmp_path / "b"), "--resume"])
+    a, b = _params(straight), _params(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_non_finite_loss_stops_before_updating_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    latent_ebm = load_recipe("latent_ebm")
+    out = tmp_path / "run"
+    latent_ebm.main([*TINY, "--steps", "2", "--out", str(out)])
+    before = load_checkpoint(out / "checkpoint.pt")
+    # a learning rate that blows the energy up on the first update of the resumed run
+    with pytest.raises(NonFiniteError, match=r"not finite(.|\n)*player '.*' at step \d+: the run stops before updating(.|\n)*--resume"):
+        latent_ebm.main([*TINY, "--steps", "40", "--out", str(out), "--resume", "--lr-ebm", "1e30",
+                         "--lr-gen", "1e30", "--lr-enc", "1e30", "--checkpoint-every", "1000"])
+    after = load_checkpoint(out / "checkpoint.pt")
+    assert after["step"] == before["step"] == 2
+    for k, v in before["networks"]["energy"].items():
+        assert torch.equal(v, after["networks"]["energy"][k])
+
+
+def test_two_processes_match_one_process_on_the_doubled_batch(tmp_path):
+    script = HERE / "scripts" / "ddp_train.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(tmp_path / "two"), "8"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "16"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "one" / "checkpoint.pt")["networks"]
+    b = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["networks"]
+    for net in a:
+        for k in a[net]:
+            torch.testing.assert_close(a[net][k], b[net][k], rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)  # the script's initialisation: the parameters did move
+    assert not torch.allclose(torch.nn.Linear(6, 2).weight, a["encoder"]["lin.weight"])
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5]  # only rank 0 writes
