@@ -12,6 +12,7 @@ from kldiv.densities import (
     Samples,
     Term,
 )
+from kldiv.samplers import NUTS, Importance, Langevin, Sampler
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,10 @@ __all__ = [
     "Estimator",
     "Expression",
     "Game",
+    "Importance",
+    "Langevin",
+    "NUTS",
+    "Sampler",
     "GeneratorDensity",
     "LatentEBM",
     "MarginalEBM",

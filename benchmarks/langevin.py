@@ -1,0 +1,219 @@
+"""Langevin chain-steps per second: kldiv's kernel against torchebm's ``LangevinDynamics``.
+
+Both samplers run the same update on the same energy, from the same start,
+with the same number of chains and steps and the same noise stream
+(``x <- x + (d^2/2) grad f(x) + d eps``; torchebm's ``step_size`` is
+``d^2 / 2`` with ``noise_scale=1``), so the two final positions agree to
+rounding, which the script checks.  Runs are interleaved (the order
+alternating) and repeated; the script prints the median chain-steps per
+second of each, the ratio of the best times, and the median of the
+per-repeat ratios ``time(torchebm) / time(kldiv)`` (above 1: kldiv is
+faster).  On a CPU shared with other work, ``--threads 1`` gives steadier
+numbers than torch's default thread count.
+
+Cases:
+
+* ``gmm``: a 2-D mixture of 8 Gaussians, 10,000 chains;
+* ``conv``: a small convolutional energy on 1x28x28 images, 64 chains.
+
+torchebm is a benchmark-only dependency, never one of kldiv's.  Install it
+without letting it touch torch::
+
+    pip install --dry-run torchebm     # check that it would not replace torch
+    pip install torchebm               # (or --no-deps, if it would)
+
+Without torchebm the script says so and times kldiv alone.
+
+Usage::
+
+    python benchmarks/langevin.py                   # both cases, CPU
+    python benchmarks/langevin.py --case conv --repeats 11 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kldiv.samplers import langevin_chain
+
+
+@dataclass
+class Config:
+    case: str = "all"  # "gmm", "conv" or "all"
+    steps: int = 100  # Langevin steps per run
+    repeats: int = 7  # interleaved timed runs per sampler
+    step_size: float = 0.05  # delta
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads (0: torch's default)
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------------
+# Energies (log densities f; torchebm gets E = -f)
+# ----------------------------------------------------------------------------------------
+class MixtureLogDensity(nn.Module):
+    """log of an equal mixture of 8 isotropic Gaussians (std 0.2) on a circle of radius 2."""
+
+    def __init__(self, k: int = 8, radius: float = 2.0, std: float = 0.2):
+        super().__init__()
+        angles = torch.arange(k) * (2 * math.pi / k)
+        self.register_buffer("centres", radius * torch.stack([angles.cos(), angles.sin()], 1))
+        self.std = std
+
+    def forward(self, x):  # (n, 2) -> (n,)
+        d2 = (x[:, None, :] - self.centres).square().sum(-1)  # (n, k)
+        return torch.logsumexp(-0.5 * d2 / self.std**2, dim=1)
+
+
+class ConvLogDensity(nn.Module):
+    """A small conv net 1x28x28 -> scalar."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, 2, 1),
+            nn.SiLU(),  # 14x14
+            nn.Conv2d(32, 64, 3, 2, 1),
+            nn.SiLU(),  # 7x7
+            nn.Conv2d(64, 64, 3, 2, 1),
+            nn.SiLU(),  # 4x4
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 1),
+        )
+
+    def forward(self, x):  # (n, 1, 28, 28) -> (n,)
+        return self.body(x)[:, 0]
+
+
+# ----------------------------------------------------------------------------------------
+# The two samplers
+# ----------------------------------------------------------------------------------------
+def run_kldiv(f, x0, steps, delta, seed):
+    g = torch.Generator(device=x0.device).manual_seed(seed)
+    return langevin_chain(x0, f, steps, delta, generator=g)
+
+
+def make_torchebm(f, cfg: Config, dtype):
+    """A torchebm ``LangevinDynamics`` on E = -f, or ``None`` with the reason."""
+    try:
+        from torchebm.core import BaseModel
+        from torchebm.samplers import LangevinDynamics
+    except ImportError as e:
+        return None, f"torchebm is not installed ({e})"
+
+    class Energy(BaseModel):
+        def __init__(self):
+            super().__init__(dtype=dtype, device=cfg.device)
+            self.f = f
+
+        def forward(self, x):
+            return -self.f(x)
+
+    sampler = LangevinDynamics(
+        Energy(), step_size=cfg.step_size**2 / 2, noise_scale=1.0, dtype=dtype, device=cfg.device
+    )
+
+    def run(x0, steps, seed):
+        g = torch.Generator(device=x0.device).manual_seed(seed)
+        return sampler.sample(x=x0, n_steps=steps, generator=g)
+
+    return run, ""
+
+
+def sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench(name: str, f: nn.Module, x0: torch.Tensor, cfg: Config) -> None:
+    chains = x0.shape[0]
+    ebm_run, why = make_torchebm(f, cfg, x0.dtype)
+    kl_run = lambda: run_kldiv(f, x0, cfg.steps, cfg.step_size, cfg.seed)  # noqa: E731
+
+    # warm-up, and the check that both computed the same chains
+    a = kl_run()
+    if ebm_run is not None:
+        b = ebm_run(x0, cfg.steps, cfg.seed)
+        diff = (a - b).abs().max().item()
+        scale = a.abs().max().item()
+        same = diff <= 1e-3 * max(1.0, scale)
+    sync(cfg.device)
+
+    times = {"kldiv": [], "torchebm": []}
+    ratios = []
+    for r in range(cfg.repeats):
+        order = ["kldiv", "torchebm"] if r % 2 == 0 else ["torchebm", "kldiv"]
+        if ebm_run is None:
+            order = ["kldiv"]
+        took = {}
+        for which in order:
+            sync(cfg.device)
+            t0 = time.perf_counter()
+            if which == "kldiv":
+                kl_run()
+            else:
+                ebm_run(x0, cfg.steps, cfg.seed)
+            sync(cfg.device)
+            took[which] = time.perf_counter() - t0
+            times[which].append(took[which])
+        if ebm_run is not None:
+            ratios.append(took["torchebm"] / took["kldiv"])
+
+    work = chains * cfg.steps
+    print(
+        f"\n[{name}] {chains} chains x {cfg.steps} steps, {cfg.repeats} interleaved repeats, "
+        f"device {cfg.device}, {torch.get_num_threads()} threads"
+    )
+    for which in ("kldiv", "torchebm"):
+        if times[which]:
+            med = statistics.median(times[which])
+            print(f"  {which:9s} median {med * 1e3:9.1f} ms   {work / med:14,.0f} chain-steps/s")
+    if ebm_run is None:
+        print(f"  torchebm  not timed: {why}")
+        return
+    print(f"  same chains: {'yes' if same else 'NO'} (max |difference| {diff:.2e})")
+    best = min(times["torchebm"]) / min(times["kldiv"])
+    print(f"  best-time ratio time(torchebm)/time(kldiv) = {best:.3f}")
+    print(
+        f"  median ratio time(torchebm)/time(kldiv) = {statistics.median(ratios):.3f}"
+        f"  (per repeat: {', '.join(f'{q:.2f}' for q in ratios)})"
+    )
+
+
+def main(cfg: Config) -> None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    try:
+        import torchebm
+
+        print(f"torchebm {torchebm.__version__}, torch {torch.__version__}")
+    except ImportError:
+        print("torchebm is not installed: timing kldiv alone (pip install torchebm to compare)")
+    if cfg.case in ("gmm", "all"):
+        f = MixtureLogDensity().to(cfg.device)
+        x0 = 4 * torch.rand(10_000, 2, device=cfg.device) - 2
+        bench("gmm 2-D, 8 components", f, x0, cfg)
+    if cfg.case in ("conv", "all"):
+        f = ConvLogDensity().to(cfg.device)
+        x0 = torch.rand(64, 1, 28, 28, device=cfg.device) * 2 - 1
+        bench("conv 1x28x28", f, x0, cfg)
+
+
+def parse() -> Config:
+    cfg = Config()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for field, value in vars(cfg).items():
+        p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value)
+    return Config(**vars(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main(parse())
