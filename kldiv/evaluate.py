@@ -1,0 +1,165 @@
+"""Evaluate a training run from its checkpoint alone: ``python -m kldiv.evaluate RUN_DIR``.
+
+The checkpoint a recipe writes names its networks' classes and arguments, its
+data set and its config, so every metric that applies can be computed:
+
+| metric | when | how |
+| --- | --- | --- |
+| reconstruction RMSE | a generator and an encoder | test images against $g(\\mu_\\phi(x))$, in $[-1, 1]$ units |
+| Fréchet distance, MNIST classifier | grey images | generated samples against the test set, in the classifier's features (images resized to 28×28) |
+| FID | ``--fid-weights`` given | generated samples against the test set, Inception features |
+| OOD AUROC | an energy network | test set against the other data sets at hand, uniform noise and constant images |
+
+It writes ``evaluation.json`` and ``energy_histograms.png`` into the run
+directory and prints the report.
+
+    python -m kldiv.evaluate runs/latent_ebm
+    python -m kldiv.evaluate runs/latent_ebm --data-root ../shared/data --samples 10000
+    python -m kldiv.evaluate runs/bidvl --fid-weights pt_inception-2015-12-05-6726825d.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kldiv import metrics
+from kldiv.data import DatasetNotFoundError, load_dataset
+from kldiv.train import build_networks, load_checkpoint
+
+__all__ = ["evaluate", "main"]
+
+# Out-of-distribution sets to try for each training set (those whose files are present).
+OOD_SETS = {
+    "mnist": ("fashion-mnist",),
+    "fashion-mnist": ("mnist",),
+    "digits": ("fashion-mnist", "mnist"),
+    "cifar10": ("svhn", "celeba"),
+    "svhn": ("cifar10", "celeba"),
+    "celeba": ("cifar10", "svhn"),
+}
+
+
+def _images(dataset, limit: int) -> torch.Tensor:
+    n = min(limit, len(dataset))
+    return torch.stack([dataset[i][0] for i in range(n)])
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def evaluate(
+    run_dir: str | Path,
+    *,
+    data_root: str | None = None,
+    samples: int = 2000,
+    test_images: int = 10000,
+    fid_weights: str | None = None,
+    device: str = "cpu",
+    download: bool = False,
+) -> dict:
+    """Compute every metric that applies to a run; returns the report (also written as JSON).
+
+    Arguments:
+        run_dir: the run's output directory (holding ``checkpoint.pt``).
+        data_root: where the data sets are (default: the run's ``--data-root``).
+        samples: how many images to generate for Fréchet distances.
+        test_images: at most this many test images per data set.
+        fid_weights: the FID Inception weights file; FID is skipped without it.
+        device: where to run the networks.
+        download: let torchvision fetch missing data sets.
+    """
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir / "checkpoint.pt", map_location=device)
+    cfg = state["config"]
+    nets = build_networks({k: tuple(v) for k, v in state["architecture"].items()})
+    for name, net in nets.items():
+        net.load_state_dict(state["networks"][name])
+        net.to(device).eval()
+    root = data_root or cfg["data_root"]
+    size = cfg.get("image_size") or None
+    test = _images(load_dataset(cfg["data"], root, train=False, download=download, image_size=size), test_images)
+    test = test.to(device)
+    report: dict = {"run": str(run_dir), "recipe": state.get("recipe"), "step": state["step"], "data": cfg["data"],
+                    "test_images": len(test)}
+
+    G, I, E = nets.get("generator"), nets.get("encoder"), nets.get("energy")
+    if G is not None and I is not None:
+        rec = torch.cat([G(I(x).mean) for x in test.split(500)])
+        err = metrics.reconstruction_error(test, rec)
+        report["reconstruction_rmse"] = err.rmse
+        report["reconstruction_sse_per_image"] = err.sse_per_image
+
+    if G is not None:
+        latent = state["architecture"]["generator"][1]["latent_dim"]
+        g = torch.Generator(device="cpu").manual_seed(0)
+        fake = torch.cat([G(torch.randn(500, latent, generator=g).to(device)) for _ in range(-(-samples // 500))])[:samples]
+        if test.shape[1] == 1:
+            report["mnist_frechet_distance"] = metrics.mnist_frechet_distance(_resize(test, 28), _resize(fake, 28))
+            report["mnist_frechet_distance_note"] = (
+                f"{len(fake)} samples against {len(test)} test images, MNIST-classifier features"
+            )
+        if fid_weights is not None:
+            report["fid"] = metrics.inception_fid(test, fake, fid_weights, device=device)
+
+    if E is not None:
+        latent_ebm = state["architecture"]["energy"][0].endswith("EnergyXZ")
+
+        def score(x):
+            if latent_ebm:
+                return metrics.latent_ebm_scores(E, I, x, device=device)
+            return metrics.marginal_ebm_scores(E, x, device=device)
+
+        s_in = score(test)
+        g = torch.Generator().manual_seed(1)
+        shape = (min(len(test), 2000), *test.shape[1:])
+        ood = {
+            "uniform noise": torch.rand(shape, generator=g) * 2 - 1,
+            "constant": (torch.rand(shape[0], 1, 1, 1, generator=g) * 2 - 1).expand(shape).contiguous(),
+        }
+        skipped = {}
+        for name in OOD_SETS.get(cfg["data"], ()):
+            try:
+                other = load_dataset(name, root, train=False, download=download)
+            except DatasetNotFoundError as err:
+                skipped[name] = str(err).splitlines()[0]
+                continue
+            x = _images(other, test_images)
+            if x.shape[1] != test.shape[1]:
+                x = x.mean(1, keepdim=True) if test.shape[1] == 1 else x.expand(-1, test.shape[1], -1, -1)
+            ood[name] = _resize(x, test.shape[-1])
+        scores = {name: score(x.to(device)) for name, x in ood.items()}
+        report["ood_score"] = "-f(x, mu_q(x))" if latent_ebm else "-f(x)"
+        report["ood_auroc"] = {name: metrics.ood_auroc(s_in, s) for name, s in scores.items()}
+        if skipped:
+            report["ood_skipped"] = skipped
+        metrics.plot_energy_histograms(s_in, scores, run_dir / "energy_histograms.png",
+                                       in_name=f"{cfg['data']} test")
+    (run_dir / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m kldiv.evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", help="a recipe's output directory (holding checkpoint.pt)")
+    ap.add_argument("--data-root", default=None, help="where the data sets are (default: the run's)")
+    ap.add_argument("--samples", type=int, default=2000, help="generated images for Fréchet distances")
+    ap.add_argument("--test-images", type=int, default=10000, help="at most this many test images per set")
+    ap.add_argument("--fid-weights", default=None, help=f"FID Inception weights ({metrics.FID_WEIGHTS_FILENAME})")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--download", action="store_true", help="let torchvision fetch missing data sets")
+    args = ap.parse_args(argv)
+    report = evaluate(args.run_dir, data_root=args.data_root, samples=args.samples, test_images=args.test_images,
+                      fid_weights=args.fid_weights, device=args.device, download=args.download)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
