@@ -163,8 +163,9 @@ class Game:
     def densities(self) -> tuple[Density, ...]:
         """Every density of every objective, and the densities they draw samples from."""
         seen: dict[int, Density] = {}
-        stack = [d for p in self.players for d in p.objective.densities()]
-        stack += [d for p in self.players for d in p.named if isinstance(d, Density)]
+        # the densities players are named by come first: networks are named after them
+        stack = [d for p in self.players for d in p.named if isinstance(d, Density)]
+        stack += [d for p in self.players for d in p.objective.densities()]
         while stack:
             d = stack.pop(0)
             if id(d) in seen:
@@ -267,9 +268,12 @@ def _merge(contributions: list[Contribution]) -> tuple[list[Merged], list[Merged
     for members in groups.values():
         coef = sum(c.coef for c in members)
         first = members[0]
+        # members share the marginal of what the term reads: estimate it with any
+        # of their sources, a sampleable one if there is one
+        source = next((c.source for c in members if c.source.sampleable), first.source)
         merged = Merged(
             coef=coef,
-            source=first.source if first.term.reads else None,
+            source=source if first.term.reads else None,
             term=first.term,
             origins=tuple((c.coef, c.origin) for c in members),
         )
@@ -287,7 +291,7 @@ class _Namer:
                 self.names.setdefault(id(m), f"{d.name}.{role}")
 
     def __call__(self, modules: Iterable[nn.Module]) -> str:
-        return ", ".join(sorted(self.names.get(id(m), type(m).__name__) for m in modules))
+        return ", ".join(sorted({self.names.get(id(m), type(m).__name__) for m in modules}))
 
 
 def _plan(player: Player, payers: dict[int, Density], name: _Namer) -> Plan:

@@ -538,6 +538,13 @@ class _EnergyBased(Density):
     def sampleable(self) -> bool:
         return self.sampler is not None
 
+    def marginal_key(self, reads: frozenset[str]) -> Hashable:
+        # exp f(x) / Z: a MarginalEBM and every DecoupledEBLVM on the same energy
+        # network share the marginal of x, whatever their samplers.
+        if reads == {"x"} and self._energy_reads == ("x",):
+            return ("energy_marginal", id(self.energy))
+        return super().marginal_key(reads)
+
     def own_networks(self) -> tuple[nn.Module, ...]:
         return (self.energy,)
 
