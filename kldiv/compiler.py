@@ -428,6 +428,7 @@ class Estimator:
             for m in p.networks:
                 self._owners[id(m)] = self._owners.get(id(m), frozenset()) | {p.name}
         self._wrappers: dict[int, nn.Module] = {}
+        self._parameters = {name: plan.player.parameters() for name, plan in self.plans.items()}
         self._validated = False
 
     def distribute(self, wrappers: Mapping[nn.Module, nn.Module]) -> None:
@@ -516,8 +517,8 @@ class Estimator:
         return "\n".join(lines).lstrip("\n")
 
     def parameters(self, player: str) -> list[nn.Parameter]:
-        """The trainable parameters of ``player`` (for its optimiser)."""
-        return self.plans[player].player.parameters()
+        """The trainable parameters of ``player`` (for its optimiser), as at compile time."""
+        return self._parameters[player]
 
 
 @attrs.frozen(eq=False)
@@ -562,7 +563,10 @@ class Round:
     each network evaluation (``call``) and term evaluation is memoised on its
     inputs and reused as long as the parameters it used are unchanged (their
     in-place version counters), so a sequential schedule re-runs only what an
-    earlier player's update made stale.
+    earlier player's update made stale. Samples are not redrawn after an update
+    unless a later player needs gradients through them (the papers' Algorithm 1
+    draws them once per iteration), so the value of a later player mixes
+    samples drawn before the update with parameters after it.
     """
 
     def __init__(self, estimator: Estimator, inputs: Mapping[str, Tensor], *, n: int | None, validate: bool):
