@@ -13,7 +13,7 @@ $$ \mathrm{KL}(a \,\|\, b) = \sum_{t \in a} E_a[t] - \sum_{t \in b} E_a[t], \qqu
 That expansion ([`Expression.expand`][kldiv.Expression.expand]) is what the
 compiler works on.
 
-Example:
+Examples:
     >>> import torch
     >>> from kldiv import KL, DataDensity, GeneratorDensity, LatentEBM
     >>> enc = torch.nn.Linear(3, 4)
@@ -241,7 +241,7 @@ class KL(Expression):
 
     Arguments:
         a: the density the expectation is under (it must be sampleable
-           wherever a gradient needs its samples).
+            wherever a gradient needs its samples).
         b: a density over the same variables as ``a``.
 
     Raises:

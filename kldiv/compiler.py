@@ -105,15 +105,19 @@ def _networks_of(item: Density | nn.Module) -> tuple[nn.Module, ...]:
 class Game:
     """A mapping player → (objective, direction, networks).
 
-    The divergence triangle is one objective played by everyone::
+    The divergence triangle is one objective played by everyone:
 
-        game = triangle.minimize(p, q).maximize(pi)
+    ```python
+    game = triangle.minimize(p, q).maximize(pi)
+    ```
 
-    and a player with its own objective names it::
+    and a player with its own objective names it:
 
-        game = (L.minimize(p, name="generator")
-                 .minimize(q, objective=KL(q, p) + KL(q, pi), name="encoder")
-                 .maximize(pi, name="ebm"))
+    ```python
+    game = (L.minimize(p, name="generator")
+             .minimize(q, objective=KL(q, p) + KL(q, pi), name="encoder")
+             .maximize(pi, name="ebm"))
+    ```
 
     Arguments:
         players: the players so far.
@@ -404,7 +408,7 @@ class Estimator:
     drawn once per round, and a network evaluation is reused until the
     parameters it used change.
 
-    Example:
+    Examples:
         >>> out = estimator(x)               # doctest: +SKIP
         >>> out.backward()                   # each player's gradient into its own parameters
         >>> for opt in optimizers: opt.step()
@@ -429,7 +433,8 @@ class Estimator:
                 self._owners[id(m)] = self._owners.get(id(m), frozenset()) | {p.name}
         self._wrappers: dict[int, nn.Module] = {}
         self._parameters = {name: plan.player.parameters() for name, plan in self.plans.items()}
-        self._validated = False
+        # terms and sources whose first output passed the shape and finiteness checks
+        self._checked: set[int] = set()
 
     def distribute(self, wrappers: Mapping[nn.Module, nn.Module]) -> None:
         """Route forward passes through wrappers such as ``DistributedDataParallel``.
@@ -453,9 +458,7 @@ class Estimator:
             named = {"data": inputs, **named}
         elif inputs is not None:
             named = {**dict(inputs), **named}
-        validate = not self._validated
-        self._validated = True
-        return Round(self, named, n=n, validate=validate)
+        return Round(self, named, n=n)
 
     def __call__(
         self,
@@ -569,7 +572,7 @@ class Round:
     samples drawn before the update with parameters after it.
     """
 
-    def __init__(self, estimator: Estimator, inputs: Mapping[str, Tensor], *, n: int | None, validate: bool):
+    def __init__(self, estimator: Estimator, inputs: Mapping[str, Tensor], *, n: int | None):
         self.estimator = estimator
         self.inputs = dict(inputs)
         first = next(iter(self.inputs.values()), None)
@@ -584,7 +587,6 @@ class Round:
             ref = next((p for m in estimator._networks.values() for p in m.parameters()), None)
             self.device = ref.device if ref is not None else torch.device("cpu")
             self.dtype = ref.dtype if ref is not None else torch.get_default_dtype()
-        self.validate = validate
         self._params: dict[int, list[nn.Parameter]] = {}
         self._calls: dict[tuple, _Entry] = {}
         self._samples: dict[int, _Entry] = {}
@@ -637,8 +639,9 @@ class Round:
         nets = tuple(density.pathwise(frozenset(density.variables)))
         versions = tuple(_versions(self._params_of(m)) for m in nets)
         s = density.sample(self, self.n)
-        if self.validate:
+        if id(density) not in self.estimator._checked:
             self._check_samples(density, s)
+            self.estimator._checked.add(id(density))
         self._samples[id(density)] = _Entry((density, nets), versions, s)
         return s
 
@@ -651,8 +654,9 @@ class Round:
         if hit is not None and hit.versions == versions:
             return hit.out
         out = term.evaluate(self, samples)
-        if self.validate:
+        if id(term) not in self.estimator._checked:
             self._check_term(term, samples, out)
+            self.estimator._checked.add(id(term))
         self._terms[key] = _Entry((term, samples), versions, out)
         return out
 
@@ -723,14 +727,14 @@ class Round:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ShapeError(
                 f"{self._where(term)} must give one scalar per sample, shape {expected}, "
-                f"but gave {got} in the estimator's first round. An energy network returns (n,) or (n, 1); "
-                "an encoder returns a distribution with batch shape (n,) (use .to_event(1) "
+                f"but gave {got} when first evaluated. An energy network returns (n,) or "
+                "(n, 1); an encoder returns a distribution with batch shape (n,) (use .to_event(1) "
                 "on a diagonal Normal)."
             )
         if not torch.isfinite(out).all():
             raise NonFiniteError(
-                f"{self._where(term)} is not finite (NaN or inf) in the estimator's first "
-                "round; check the network's initialisation and the scale of its inputs."
+                f"{self._where(term)} is not finite (NaN or inf) when first evaluated; check "
+                "the network's initialisation and the scale of its inputs."
             )
 
     def _check_samples(self, density: Density, s: Samples) -> None:
@@ -740,6 +744,5 @@ class Round:
             if not torch.isfinite(t).all():
                 raise NonFiniteError(
                     f"samples of {v} from {density.name} ({density.describe_sampling()}) are not "
-                    "finite in the estimator's first round; check the network that produces them "
-                    "and the inputs."
+                    "finite when first drawn; check the network that produces them and the inputs."
                 )

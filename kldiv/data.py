@@ -16,7 +16,7 @@ from ``root`` in torchvision's layout; nothing is downloaded unless
 raises [`DatasetNotFoundError`][kldiv.data.DatasetNotFoundError], which names
 the folder looked in.
 
-Example:
+Examples:
     >>> from kldiv.data import load_dataset
     >>> train = load_dataset("digits", image_size=16)
     >>> x, y = train[0]

@@ -241,8 +241,9 @@ class GeneratorDensity(Density):
         sigma: observation noise $\sigma$ (``None`` if the decoder returns a distribution).
         synthesis: ``"sample"`` ($x = g(z) + \sigma\epsilon$) or ``"mean"`` ($x = g(z)$).
         name: short name for printing.
+        latex: the name in LaTeX (default: ``name``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from kldiv import GeneratorDensity
         >>> p = GeneratorDensity(torch.nn.Linear(2, 3), latent_shape=2, sigma=0.5)
@@ -384,8 +385,9 @@ class DataDensity(Density):
             $z$ with batch shape ``(n,)`` (use ``.to_event``), or ``None``.
         x: name of the step input holding the data, or a density to draw $x$ from.
         name: short name for printing.
+        latex: the name in LaTeX (default: ``name``).
 
-    Example:
+    Examples:
         >>> from kldiv import DataDensity
         >>> DataDensity().variables
         ('x',)
@@ -566,6 +568,7 @@ class LatentEBM(_EnergyBased):
         energy: network $(x, z) \mapsto f(x, z)$ of shape ``(n,)`` or ``(n, 1)``.
         sampler: optional [`Sampler`][kldiv.samplers.Sampler] drawing from $\pi$.
         name: short name for printing.
+        latex: the name in LaTeX (default: ``name``).
     """
 
     variables = ("x", "z")
@@ -603,6 +606,7 @@ class MarginalEBM(_EnergyBased):
         energy: network $x \mapsto f(x)$ of shape ``(n,)`` or ``(n, 1)``.
         sampler: optional [`Sampler`][kldiv.samplers.Sampler] drawing from $\pi$.
         name: short name for printing.
+        latex: the name in LaTeX (default: ``name``).
     """
 
     variables = ("x",)
@@ -652,6 +656,7 @@ class DecoupledEBLVM(_EnergyBased):
         encoder: the encoder network $x \mapsto q_\phi(z \mid x)$.
         sampler: optional sampler for $x$ (overrides the marginal's).
         name: short name for printing.
+        latex: the name in LaTeX (default: ``name``).
     """
 
     variables = ("x", "z")

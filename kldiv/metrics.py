@@ -110,7 +110,7 @@ def reconstruction_error(images: Tensor, reconstructions: Tensor) -> Reconstruct
         A [`ReconstructionError`][kldiv.metrics.ReconstructionError]
         ``(rmse, sse_per_image, n_images)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.zeros(4, 1, 2, 2)
         >>> reconstruction_error(x, x + 0.5)
@@ -349,7 +349,7 @@ def ood_auroc(in_scores: ArrayLike, out_scores: ArrayLike) -> float:
         Energy-Based Model*, CVPR 2020, §5.3, Table 3.
         [arXiv:2006.06059](https://arxiv.org/abs/2006.06059)
 
-    Example:
+    Examples:
         >>> ood_auroc([0.1, 0.2, 0.3], [0.5, 0.25])
         0.8333333333333334
     """
@@ -422,7 +422,7 @@ def anomaly_auprc(scores: ArrayLike, labels: ArrayLike) -> float:
         [arXiv:1802.06222](https://arxiv.org/abs/1802.06222);
         Han et al., CVPR 2020, §5.4, Table 4. [arXiv:2006.06059](https://arxiv.org/abs/2006.06059)
 
-    Example:
+    Examples:
         >>> round(anomaly_auprc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]), 6)  # 19/24
         0.791667
     """
@@ -511,7 +511,7 @@ def gaussian_frechet_distance(
         a Local Nash Equilibrium*, NeurIPS 2017.
         [arXiv:1706.08500](https://arxiv.org/abs/1706.08500)
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> round(gaussian_frechet_distance([0, 0], np.diag([1, 4]), [3, 4], np.diag([4, 1])), 6)
         27.0

@@ -193,7 +193,7 @@ class Generator(nn.Module):
         init_std: standard deviation of [`init_weights`][kldiv.nn.init_weights];
             ``None`` keeps PyTorch's initialisation.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from kldiv.nn import Generator
         >>> Generator(8, (1, 28, 28), width=4)(torch.randn(2, 8)).shape

@@ -11,7 +11,7 @@ Figures are drawn on matplotlib's Agg canvas directly (no ``pyplot``, no
 global backend switch), so plotting works on machines without a display and
 leaves matplotlib's global state alone.
 
-Example:
+Examples:
     >>> import torch, tempfile, os
     >>> from kldiv.plotting import plot_energy_2d
     >>> f = lambda x: -0.5 * x.square().sum(1)

@@ -23,7 +23,7 @@ with [`langevin_init`][kldiv.samplers.langevin_init] and
 randomness comes from an optional ``torch.Generator``, the target from a
 function of the positions.
 
-Example:
+Examples:
     >>> import torch
     >>> from kldiv.samplers import langevin_chain
     >>> log_p = lambda x: -0.5 * x.square().sum(1)          # N(0, I), up to a constant
@@ -681,7 +681,7 @@ class Langevin(Sampler):
         Auto-Encoder as Amortized Sampler*, AAAI 2021,
         [arXiv:2012.14936](https://arxiv.org/abs/2012.14936).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from kldiv import KL, DataDensity, MarginalEBM
         >>> from kldiv.samplers import Langevin

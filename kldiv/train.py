@@ -15,17 +15,18 @@ A recipe keeps its paper's algorithm in view and leaves the plumbing here:
   ``DistributedDataParallel``, each rank seeded apart and fed its own slice of
   every global batch, only rank 0 writing.
 
-Example:
-    A recipe's loop (Algorithm 1 of Han et al. 2020)::
+A recipe's loop (Algorithm 1 of Han et al. 2020):
 
-        run = Run(cfg, name="latent_ebm")
-        ...
-        run.attach(step, networks, optimizers, schedulers)
-        for x in run.batches(dataset):
-            r = step.round(x)
-            for player in ("ebm", "encoder", "generator"):
-                run.update(r, player)
-            run.end_step()
+```python
+run = Run(cfg, name="latent_ebm")
+...
+run.attach(step, networks, optimizers, schedulers)
+for x in run.batches(dataset):
+    r = step.round(x)
+    for player in ("ebm", "encoder", "generator"):
+        run.update(r, player)
+    run.end_step()
+```
 """
 
 from __future__ import annotations

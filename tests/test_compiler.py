@@ -380,3 +380,13 @@ def test_marginal_ebm_data_and_missing_input_message():
     with pytest.raises(KeyError, match="needs the input 'data'"):
         step(n=4, other=_data())
     assert isinstance(mu, MarginalEBM)
+
+
+def test_a_failed_first_check_is_repeated_on_the_next_step():
+    """Validation is per term and counts only once passed: a caught error cannot be skipped."""
+    enc, dec, _, q, p, _ = triangle_parts()
+    pi = LatentEBM(_Wide().double())
+    step = (KL(q, p) + KL(p, pi) - KL(q, pi)).minimize(p, q).maximize(pi).compile()
+    for _ in range(2):
+        with pytest.raises(ShapeError):
+            step(_data())
