@@ -550,6 +550,20 @@ class _EnergyBased(Density):
     def own_networks(self) -> tuple[nn.Module, ...]:
         return (self.energy,)
 
+    def terms(self) -> tuple[Term, ...]:
+        return (self.energy_term, self.log_normalizer)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"energy": self.energy}
+
+    def dependence(self, reads: frozenset[str]) -> frozenset[nn.Module]:
+        return frozenset({self.energy}) if reads else _NO_MODULES
+
+    def sample(self, ev: Evaluator, n: int) -> Samples:
+        if self.sampler is None:
+            return super().sample(ev, n)
+        return self.sampler.sample(self, ev, n)
+
     def describe_sampling(self) -> str:
         if self.sampler is None:
             return "cannot be sampled (no sampler attached)"
@@ -584,20 +598,6 @@ class LatentEBM(_EnergyBased):
     ):
         super().__init__(energy, sampler, name, latex)
 
-    def terms(self) -> tuple[Term, ...]:
-        return (self.energy_term, self.log_normalizer)
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"energy": self.energy}
-
-    def dependence(self, reads: frozenset[str]) -> frozenset[nn.Module]:
-        return frozenset({self.energy}) if reads else _NO_MODULES
-
-    def sample(self, ev: Evaluator, n: int) -> Samples:
-        if self.sampler is None:
-            return super().sample(ev, n)
-        return self.sampler.sample(self, ev, n)
-
 
 class MarginalEBM(_EnergyBased):
     r"""An energy-based model on $x$ alone, $\pi_\alpha(x) = \exp f_\alpha(x) / Z(\alpha)$.
@@ -621,20 +621,6 @@ class MarginalEBM(_EnergyBased):
         latex: str | None = r"\pi",
     ):
         super().__init__(energy, sampler, name, latex)
-
-    def terms(self) -> tuple[Term, ...]:
-        return (self.energy_term, self.log_normalizer)
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"energy": self.energy}
-
-    def dependence(self, reads: frozenset[str]) -> frozenset[nn.Module]:
-        return frozenset({self.energy}) if reads else _NO_MODULES
-
-    def sample(self, ev: Evaluator, n: int) -> Samples:
-        if self.sampler is None:
-            return super().sample(ev, n)
-        return self.sampler.sample(self, ev, n)
 
 
 class DecoupledEBLVM(_EnergyBased):

@@ -295,7 +295,15 @@ class Run:
         """Whether this process writes files (rank 0)."""
         return self.rank == 0
 
-    # --- networks -----------------------------------------------------------------------
+    # --- data and networks --------------------------------------------------------------
+    def dataset(self, train: bool = True) -> Dataset:
+        """The config's data set: ``--data``, ``--data-root``, ``--download``, ``--image-size``."""
+        from kldiv.data import load_dataset
+
+        cfg = self.cfg
+        return load_dataset(cfg.data, cfg.data_root, train=train, download=cfg.download,
+                            image_size=cfg.image_size or None)
+
     def prepare(self, net: nn.Module) -> nn.Module:
         """Move a network to the device and, with ``--compile``, compile it.
         Build the densities from what this returns; keep the original for

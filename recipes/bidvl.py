@@ -37,7 +37,6 @@ import dataclasses
 import torch
 
 from kldiv import KL, DataDensity, DecoupledEBLVM, GeneratorDensity, S
-from kldiv.data import load_dataset
 from kldiv.samplers import Importance
 from kldiv.train import Run, RunConfig, build_networks, option, parse_config
 
@@ -69,8 +68,7 @@ PRESETS = {
 def main(argv=None) -> Run:
     cfg = parse_config(Config, argv, PRESETS)
     run = Run(cfg, name="bidvl")
-    train = load_dataset(cfg.data, cfg.data_root, train=True, download=cfg.download,
-                         image_size=cfg.image_size or None)
+    train = run.dataset()
     shape = tuple(train[0][0].shape)
 
     architecture = {

@@ -32,7 +32,6 @@ import math
 import torch
 
 from kldiv import KL, DataDensity, DecoupledEBLVM, GeneratorDensity
-from kldiv.data import load_dataset
 from kldiv.train import Run, RunConfig, build_networks, option, parse_config
 
 
@@ -62,8 +61,7 @@ PRESETS = {
 def main(argv=None) -> Run:
     cfg = parse_config(Config, argv, PRESETS)
     run = Run(cfg, name="triangle")
-    train = load_dataset(cfg.data, cfg.data_root, train=True, download=cfg.download,
-                         image_size=cfg.image_size or None)
+    train = run.dataset()
     shape = tuple(train[0][0].shape)
 
     architecture = {

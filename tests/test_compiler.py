@@ -15,7 +15,7 @@ from kldiv.errors import (
     ShapeError,
     UnusedParametersError,
 )
-from toys import Decoder, Encoder, JointEnergy, decoupled_parts, marginal_parts, triangle_parts
+from toys import Decoder, Encoder, decoupled_parts, marginal_parts, triangle_parts
 
 DX, DZ, N = 5, 2, 64
 

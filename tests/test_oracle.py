@@ -38,14 +38,6 @@ from oracle import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors are tiny: one intra-op thread is much faster than contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 STEPS = 64  # Monte Carlo steps per compiled game
 BATCH = 256  # data batch (and generator samples) per step
