@@ -142,7 +142,8 @@ class Game:
             for net in _networks_of(item):
                 networks.setdefault(id(net), net)
         if name is None:
-            name = "+".join(item.name if isinstance(item, Density) else _network_name(item, objective) for item in over)
+            namer = _Namer(objective.densities())
+            name = "+".join(item.name if isinstance(item, Density) else namer([item]) for item in over)
         player = Player(name, objective, direction, tuple(networks.values()), tuple(over))
         return Game(self.players + (player,), objective=objective if self.objective is None else self.objective)
 
@@ -192,14 +193,6 @@ class Game:
                 is then up to those terms too.
         """
         return Estimator(self, values=values)
-
-
-def _network_name(net: nn.Module, objective: Expression) -> str:
-    for d in objective.densities():
-        for role, m in d.networks().items():
-            if m is net:
-                return f"{d.name}.{role}"
-    return type(net).__name__
 
 
 # ----------------------------------------------------------------------------------------
