@@ -1,7 +1,7 @@
 """kldiv: train generative models by writing their objective as an expression of KL divergences."""
 
 from kldiv.algebra import KL, Contribution, Divergence, Expression, S
-from kldiv.compiler import Estimator, Game, Player, Round, StepOutput
+from kldiv.compiler import Estimator, Game, Player, Round, StepOutput, sample
 from kldiv.densities import (
     DataDensity,
     DecoupledEBLVM,
@@ -39,4 +39,5 @@ __all__ = [
     "Samples",
     "StepOutput",
     "Term",
+    "sample",
 ]

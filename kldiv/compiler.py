@@ -51,7 +51,7 @@ from kldiv.errors import (
     UnusedParametersError,
 )
 
-__all__ = ["Estimator", "Game", "Merged", "Plan", "Player", "Round", "StepOutput"]
+__all__ = ["Estimator", "Game", "Merged", "Plan", "Player", "Round", "StepOutput", "sample"]
 
 _EPS = 1e-12
 
@@ -167,10 +167,16 @@ class Game:
 
     def densities(self) -> tuple[Density, ...]:
         """Every density of every objective, and the densities they draw samples from."""
-        seen: dict[int, Density] = {}
         # the densities players are named by come first: networks are named after them
         stack = [d for p in self.players for d in p.named if isinstance(d, Density)]
         stack += [d for p in self.players for d in p.objective.densities()]
+        return self.densities_of(*stack)
+
+    @staticmethod
+    def densities_of(*densities: Density) -> tuple[Density, ...]:
+        """``densities`` and, transitively, the densities they draw samples from."""
+        seen: dict[int, Density] = {}
+        stack = list(densities)
         while stack:
             d = stack.pop(0)
             if id(d) in seen:
@@ -374,14 +380,15 @@ def _intractable_message(who, m: Merged, via_term, via_samples, name: _Namer) ->
             "energy-based density (e.g. .with_sampler(Langevin(...))), or add the term that "
             "cancels log Z (as − KL(p ‖ π) does in the divergence triangle)."
         )
-    how = (
-        f"through the samples of {s.name} ({', '.join(sorted(t.reads))})"
-        if via_samples
-        else "directly"
-    )
+    routes = []
+    if via_term:
+        routes.append(f"on {name(via_term)} through the term itself")
+    if via_samples:
+        reads = ", ".join(sorted(t.reads))
+        routes.append(f"on {name(via_samples)} through the samples of {s.name} ({reads})")
     return (
-        f"{who}: {_signed(m.coef)} {m.label()} ({m.origin_text()}) depends on "
-        f"{name(via_term + via_samples)} {how}, and {t.label} cannot be computed: "
+        f"{who}: {_signed(m.coef)} {m.label()} ({m.origin_text()}) depends "
+        f"{' and '.join(routes)}, and {t.label} cannot be computed: "
         f"{t.reason}. kldiv drops such a term only where no player's gradient needs it "
         "(e.g. log q_data(x) under the data's own samples, as in KL(q ‖ ·)); remove the "
         "divergence that brings it in, or reverse it."
@@ -471,45 +478,48 @@ class Estimator:
     def explain(self) -> str:
         """Per player: the terms it estimates, the constants, what cancelled, and
         what a sampler pays for."""
-        lines = []
-        sources = {
-            id(m.source): m.source
+        drawn = [
+            m.source
             for plan in self.plans.values()
             for m in itertools.chain(plan.gradient, plan.value_only)
             if m.source is not None
-        }
-        for plan in self.plans.values():
-            for _, payer in plan.sampler_paid:
-                sources[id(payer)] = payer
-        if sources:
+        ]
+        drawn += [payer for plan in self.plans.values() for _, payer in plan.sampler_paid]
+        lines = []
+        if drawn:  # with what they draw from: a Langevin start, the x of a DataDensity
             lines.append("samples per step:")
-            lines += [f"  {s.name}: {s.describe_sampling()}" for s in sources.values()]
+            lines += [f"  {s.name}: {s.describe_sampling()}" for s in Game.densities_of(*drawn)]
+        every = [
+            m
+            for plan in self.plans.values()
+            for m in itertools.chain(plan.gradient, plan.value_only, plan.constants, plan.cancelled)
+        ] + [m for plan in self.plans.values() for m, _ in plan.sampler_paid]
+        width = max([28] + [len(m.label()) for m in every])
+
+        def rows(ms, tail=lambda m: m.origin_text()):
+            return [f"    {_signed(m.coef)} {m.label():<{width}} {tail(m)}" for m in ms]
+
         for plan in self.plans.values():
             p = plan.player
             lines.append("")
             lines.append(
                 f"player {p.name!r} {p.direction}imises {p.objective} over {self._namer(p.networks)}"
             )
-            sections = [
-                ("gradient from", plan.gradient, ""),
-                ("in the value only (no gradient for this player)", plan.value_only, ""),
-            ]
-            for title, ms, _ in sections:
-                if ms:
-                    lines.append(f"  {title}:")
-                    lines += [f"    {_signed(m.coef)} {m.label():<28} {m.origin_text()}" for m in ms]
+            if plan.gradient:
+                lines += ["  gradient from:", *rows(plan.gradient)]
+            if plan.value_only:
+                lines += ["  in the value only (no gradient for this player):", *rows(plan.value_only)]
             if plan.sampler_paid:
+                payers = {id(m): payer.name for m, payer in plan.sampler_paid}
                 lines.append("  paid for by a sampler (gradient E_π[∇f]; value omitted):")
-                lines += [
-                    f"    {_signed(m.coef)} {m.label():<28} samples of {payer.name}; {m.origin_text()}"
-                    for m, payer in plan.sampler_paid
-                ]
+                lines += rows([m for m, _ in plan.sampler_paid],
+                              lambda m: f"samples of {payers[id(m)]}; {m.origin_text()}")
             if plan.constants:
                 lines.append("  constants (cannot be computed, no gradient; value is up to them):")
-                lines += [f"    {_signed(m.coef)} {m.label():<28} {m.origin_text()}" for m in plan.constants]
+                lines += rows(plan.constants)
             if plan.cancelled:
                 lines.append("  cancelled:")
-                lines += [f"    {m.label():<30} {m.origin_text()}" for m in plan.cancelled]
+                lines += [f"    {m.label():<{width + 2}} {m.origin_text()}" for m in plan.cancelled]
         return "\n".join(lines).lstrip("\n")
 
     def parameters(self, player: str) -> list[nn.Parameter]:
@@ -739,3 +749,32 @@ class Round:
                     f"samples of {v} from {density.name} ({density.describe_sampling()}) are not "
                     "finite when first drawn; check the network that produces them and the inputs."
                 )
+
+
+class _NoGame:
+    """What a [`Round`][kldiv.Round] reads of an estimator, for drawing samples outside a game."""
+
+    def __init__(self, density: Density):
+        self._networks = {id(m): m for d in Game.densities_of(density) for m in d.networks().values()}
+        self._wrappers: dict[int, nn.Module] = {}
+        self._owners: dict[int, frozenset[str]] = {}
+        self._checked: set[int] = set()
+        self.plans: dict[str, Plan] = {}
+
+
+def sample(density: Density, n: int | None = None, **inputs: Tensor) -> Samples:
+    """Draw ``n`` samples of every variable of ``density`` outside any game.
+
+    An energy-based density draws with its sampler; a `DataDensity` takes
+    ``x`` from the named inputs (``sample(q, data=x)``). Samples of densities
+    with parameters carry their gradients (reparameterised), as in a step.
+
+    Examples:
+        >>> import torch
+        >>> from kldiv import GeneratorDensity, sample
+        >>> p = GeneratorDensity(torch.nn.Linear(2, 3), latent_shape=2, sigma=0.1)
+        >>> s = sample(p, 5)
+        >>> s["x"].shape, s["z"].shape
+        (torch.Size([5, 3]), torch.Size([5, 2]))
+    """
+    return Round(_NoGame(density), inputs, n=n).samples(density)

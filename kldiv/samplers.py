@@ -819,6 +819,13 @@ class Importance(Sampler):
       when the proposal's density is uniform (the data batch seen as a
       uniform empirical measure).  Only for an input proposal.
 
+    With a constant $r' \ne 1$ the weights do not sum to $n$, while the
+    compiler still cancels $\log Z$ exactly: the *value* of an objective then
+    depends on the level of $f$ (adding $c$ to $f$ moves each expectation
+    under the EBM by $r' c$, not $c$). Gradients with respect to networks
+    other than the energy are unaffected; compare values across runs only at
+    the same $r'$.
+
     Arguments:
         proposal: the name of a step input, or a density to draw from.
         ratio: a number, a callable, or ``"self-normalized"``.
