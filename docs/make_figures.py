@@ -39,6 +39,10 @@ PAGES = (
     "tutorials/first-expression.md",
     "tutorials/divergence-triangle.md",
     "tutorials/refusals.md",
+    "tutorials/latent-ebm.md",
+    "tutorials/bidvl.md",
+    "tutorials/mcmc-teaching.md",
+    "tutorials/custom-density.md",
 )
 
 _FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
