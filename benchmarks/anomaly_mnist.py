@@ -32,10 +32,16 @@ from pathlib import Path
 
 import torch
 
-from kldiv import KL, DataDensity, GeneratorDensity, LatentEBM
+from kldiv import KL, DataDensity, DecoupledEBLVM, GeneratorDensity, LatentEBM
 from kldiv.data import mnist_anomaly_split
-from kldiv.metrics import anomaly_auprc, latent_ebm_scores
-from kldiv.train import Run, RunConfig, build_networks
+from kldiv.metrics import (
+    anomaly_auprc,
+    latent_ebm_scores,
+    marginal_ebm_scores,
+    plot_energy_histograms,
+    plot_precision_recall,
+)
+from kldiv.train import Run, RunConfig, build_networks, load_checkpoint
 
 PAPER = {1: 0.297, 4: 0.723, 5: 0.676, 7: 0.490, 9: 0.383}
 PAPER_VAE = {1: 0.063, 4: 0.337, 5: 0.325, 7: 0.148, 9: 0.104}
@@ -58,8 +64,32 @@ def negative_elbo(G, I, x: torch.Tensor, sigma: float, batch: int = 1000) -> tor
     return torch.cat(out)
 
 
+def scores(model: str, nets: dict, x: torch.Tensor, sigma: float, device) -> torch.Tensor:
+    """Anomaly scores (higher: more anomalous) of each model, as the papers score them."""
+    if model == "latent-ebm":
+        return latent_ebm_scores(nets["energy"], nets["encoder"], x, device=device)
+    if model == "triangle":
+        return marginal_ebm_scores(nets["energy"], x, device=device)
+    return negative_elbo(nets["generator"], nets["encoder"], x.to(device), sigma)
+
+
+def plot(model: str, split, s: torch.Tensor, labels: torch.Tensor, out: Path) -> None:
+    """The precision-recall curve and the score histograms of the normal and held-out test images."""
+    title = f"{model}, held-out digit {split.held_out}"
+    plot_precision_recall(s, labels, out / "precision_recall.png", title=title)
+    plot_energy_histograms(s[labels == 0], {f"digit {split.held_out} (anomalies)": s[labels == 1]},
+                           out / "score_histograms.png", in_name="normal test digits",
+                           xlabel="anomaly score")
+
+
 def train(model: str, split, args, out: Path) -> dict:
-    """Train the latent EBM or the VAE on ``split.train``; AUPRC after each of the last epochs."""
+    """Train one model on ``split.train``; AUPRC after each of the last epochs.
+
+    ``latent-ebm``: the 2020 triangle (eq. 10, encoder on eq. 15), score -f(x, mu_q(x));
+    ``triangle``: the 2019 triangle with an EBM on x alone (the authors' code: no
+    spectral norm, sigma^2 = 1/2, sleep weight 0.1, Adam(0.5, 0.999)), score -f(x);
+    ``vae``: KL(q || p), score the per-image negative ELBO.
+    """
     cfg = RunConfig(data="mnist", batch_size=args.batch_size, seed=args.seed, out=str(out),
                     device=args.device, log_every=100, checkpoint_every=10**9, steps=0)
     shape, d = (1, 28, 28), args.latent_dim
@@ -69,25 +99,36 @@ def train(model: str, split, args, out: Path) -> dict:
     }
     if model == "latent-ebm":
         architecture["energy"] = ("kldiv.nn.EnergyXZ", dict(image_shape=shape, latent_dim=d, width=args.width))
+    elif model == "triangle":
+        architecture["energy"] = ("kldiv.nn.EnergyX", dict(image_shape=shape, width=args.width, spectral_norm=False))
     run = Run(cfg, name=model)
     nets = build_networks(architecture)
     G, I = run.prepare(nets["generator"]), run.prepare(nets["encoder"])
+    E = run.prepare(nets["energy"]) if "energy" in nets else None
+    sigma = math.sqrt(0.5) if model == "triangle" else args.sigma
     q = DataDensity(I)
-    p = GeneratorDensity(G, latent_shape=d, sigma=args.sigma, synthesis="mean")
-    betas = (0.0, 0.9)
+    p = GeneratorDensity(G, latent_shape=d, sigma=sigma, synthesis="mean")
+    betas = (0.5, 0.999) if model == "triangle" else (0.0, 0.9)
     opts = {}
     if model == "latent-ebm":
-        E = run.prepare(nets["energy"])
         pi = LatentEBM(E)
         L = KL(q, p) + KL(p, pi) - KL(q, pi)  # eq. 10; the encoder on eq. 15
         step = L.maximize(pi, name="ebm").minimize(q, name="encoder").minimize(p, name="generator").compile()
-        opts["ebm"] = torch.optim.Adam(nets["energy"].parameters(), args.lr_ebm, betas=betas)
+        players = ("ebm", "encoder", "generator")
+    elif model == "triangle":
+        Pi = DecoupledEBLVM(E, I)
+        L = KL(q, p) + KL(p, Pi) - KL(q, Pi)  # Han et al. 2019
+        step = (L.maximize(Pi, name="ebm").minimize(q, objective=KL(q, p) + 0.1 * KL(p, Pi) - KL(q, Pi), name="encoder")
+                .minimize(p, name="generator").compile())
         players = ("ebm", "encoder", "generator")
     else:
         step = KL(q, p).minimize(q, name="encoder").minimize(p, name="generator").compile()
         players = ("encoder", "generator")
-    opts["encoder"] = torch.optim.Adam(nets["encoder"].parameters(), args.lr, betas=betas, weight_decay=1e-4)
-    opts["generator"] = torch.optim.Adam(nets["generator"].parameters(), args.lr, betas=betas, weight_decay=1e-4)
+    if "ebm" in players:
+        opts["ebm"] = torch.optim.Adam(nets["energy"].parameters(), args.lr_ebm, betas=betas)
+    decay = 0.0 if model == "triangle" else 1e-4
+    opts["encoder"] = torch.optim.Adam(nets["encoder"].parameters(), args.lr, betas=betas, weight_decay=decay)
+    opts["generator"] = torch.optim.Adam(nets["generator"].parameters(), args.lr, betas=betas, weight_decay=decay)
     images = split.train.tensors()[0][: args.train_images or None]
     steps_per_epoch = len(images) // args.batch_size
     run.cfg.steps = steps_per_epoch * args.epochs
@@ -104,15 +145,29 @@ def train(model: str, split, args, out: Path) -> dict:
         run.end_step()
         epoch, rest = divmod(run.step, steps_per_epoch)
         if rest == 0 and epoch > args.epochs - args.average_last:
-            if model == "latent-ebm":
-                scores = latent_ebm_scores(E, I, test_x, device=run.device)
-            else:
-                scores = negative_elbo(G, I, test_x.to(run.device), args.sigma)
-            auprcs.append(anomaly_auprc(scores, labels))
+            s = scores(model, {"energy": E, "encoder": I, "generator": G}, test_x, sigma, run.device)
+            auprcs.append(anomaly_auprc(s, labels))
             print(f"  {model} digit {split.held_out} epoch {epoch}: AUPRC {auprcs[-1]:.3f}", flush=True)
+    plot(model, split, s, labels, out)
     return {"auprc_per_epoch": auprcs, "auprc": sum(auprcs) / len(auprcs),
             "auprc_sd": (sum((a - sum(auprcs) / len(auprcs)) ** 2 for a in auprcs) / max(1, len(auprcs) - 1)) ** 0.5,
             "seconds": time.perf_counter() - t0}
+
+
+def replot(args) -> None:
+    """Rebuild each digit's models from their checkpoints and redraw their plots."""
+    for digit in args.digits:
+        split = mnist_anomaly_split(args.data_root, digit, download=args.download)
+        for model in args.models:
+            where = Path(args.out) / f"digit{digit}" / model
+            state = load_checkpoint(where / "checkpoint.pt")
+            nets = build_networks({k: tuple(v) for k, v in state["architecture"].items()})
+            for name, net in nets.items():
+                net.load_state_dict(state["networks"][name])
+            sigma = math.sqrt(0.5) if model == "triangle" else args.sigma
+            s = scores(model, nets, split.test.tensors()[0], sigma, "cpu")
+            plot(model, split, s, split.test_labels, where)
+            print(f"{where}: AUPRC {anomaly_auprc(s, split.test_labels):.3f} at the last epoch")
 
 
 def main(argv=None):
@@ -129,12 +184,16 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-images", type=int, default=0, help="use only this many training images (0: all)")
     ap.add_argument("--test-images", type=int, default=0, help="score only this many test images (0: all)")
-    ap.add_argument("--models", nargs="+", default=["latent-ebm", "vae"], choices=("latent-ebm", "vae"))
+    ap.add_argument("--models", nargs="+", default=["latent-ebm", "vae"], choices=("latent-ebm", "triangle", "vae"))
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--download", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="runs/anomaly_mnist")
+    ap.add_argument("--plots-only", action="store_true",
+                    help="rescore the checkpoints of an earlier run in --out and redraw its plots")
     args = ap.parse_args(argv)
+    if args.plots_only:
+        return replot(args)
     if args.average_last > args.epochs:
         ap.error("--average-last cannot exceed --epochs")
     out = Path(args.out)
