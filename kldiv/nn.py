@@ -312,12 +312,15 @@ class EnergyX(nn.Module):
 
     The energy is $E = \operatorname{softplus}(h) \ge 0$ and the network
     returns its negative, $f = -E$, the log unnormalised density of
-    [`MarginalEBM`][kldiv.MarginalEBM].
+    [`MarginalEBM`][kldiv.MarginalEBM]; ``bounded=False`` returns $f = h$,
+    the unbounded scalar of the descriptor networks of Xie et al. (2021),
+    whose maximum-likelihood training a cap $f \le 0$ would hamper.
 
     Arguments:
         image_shape: ``(C, H, W)`` with $H = W$.
         width: the channel width $w$ of the first layer.
         spectral_norm: spectrally normalise every layer.
+        bounded: return $-\operatorname{softplus}(h)$ (energy $\ge 0$) rather than $h$.
         init_std: standard deviation of [`init_weights`][kldiv.nn.init_weights];
             ``None`` keeps PyTorch's initialisation.
 
@@ -329,10 +332,12 @@ class EnergyX(nn.Module):
         width: int = 64,
         spectral_norm: bool = True,
         *,
+        bounded: bool = True,
         init_std: float | None = 0.02,
     ):
         super().__init__()
         c, _, k, s0 = _size_plan(image_shape)
+        self.bounded = bounded
         self.image_shape = tuple(int(s) for s in image_shape)
         trunk, ch = _conv_trunk(c, k, width, batch_norm=False, slope=0.1)
         self.net = nn.Sequential(trunk, nn.Conv2d(ch, 1, s0, 1, 0))
@@ -347,10 +352,11 @@ class EnergyX(nn.Module):
             x: images of shape ``(n, C, H, W)``.
 
         Returns:
-            $f(x) = -\operatorname{softplus}(h_\alpha(x))$, shape ``(n,)``.
+            $f(x) = -\operatorname{softplus}(h_\alpha(x))$ (or $h_\alpha(x)$ if not
+            ``bounded``), shape ``(n,)``.
         """
         h = rearrange(self.net(x), "n 1 1 1 -> n")  # (n,)
-        return _neg_softplus(h)
+        return _neg_softplus(h) if self.bounded else h
 
 
 class EnergyXZ(nn.Module):

@@ -50,6 +50,8 @@ class Config(RunConfig):
     beta1: float = option(0.5, "Adam beta1")
     beta2: float = option(0.999, "Adam beta2")
     spectral_norm: bool = option(False, "spectral normalisation in the energy network")
+    bounded: bool = option(False, "cap f <= 0 with -softplus (the 2020 energies) instead of the "
+                           "descriptor's unbounded scalar")
 
 
 PRESETS = {
@@ -69,7 +71,8 @@ def main(argv=None) -> Run:
     architecture = {
         "generator": ("kldiv.nn.Generator", dict(latent_dim=cfg.latent_dim, image_shape=shape, width=cfg.width)),
         "encoder": ("kldiv.nn.GaussianEncoder", dict(image_shape=shape, latent_dim=cfg.latent_dim, width=cfg.width)),
-        "energy": ("kldiv.nn.EnergyX", dict(image_shape=shape, width=cfg.width, spectral_norm=cfg.spectral_norm)),
+        "energy": ("kldiv.nn.EnergyX", dict(image_shape=shape, width=cfg.width, spectral_norm=cfg.spectral_norm,
+                                            bounded=cfg.bounded)),
     }
     nets = build_networks(architecture)
     G, I, E = (run.prepare(nets[k]) for k in ("generator", "encoder", "energy"))
