@@ -307,9 +307,27 @@ class Run:
     def prepare(self, net: nn.Module) -> nn.Module:
         """Move a network to the device and, with ``--compile``, compile it.
         Build the densities from what this returns; keep the original for
-        checkpoints (`attach`)."""
+        checkpoints (`attach`).
+
+        A network with parametrisations (spectral norm) stays eager: compiled,
+        its power iteration updates buffers that an earlier forward pass still
+        needs for its backward pass, and a round runs the energy several times
+        before back-propagating."""
+        from torch.nn.utils import parametrize
+
         net = net.to(self.device)
-        return torch.compile(net) if self.cfg.compile else net
+        if not self.cfg.compile:
+            return net
+        if any(parametrize.is_parametrized(m) for m in net.modules()):
+            if self.is_main:
+                print(f"--compile: {type(net).__name__} has spectral norm and runs uncompiled")
+            return net
+        # A round back-propagates several players through one graph (retain_graph=True),
+        # which compiled backward passes with donated buffers refuse.
+        import torch._functorch.config
+
+        torch._functorch.config.donated_buffer = False
+        return torch.compile(net)
 
     def attach(
         self,

@@ -16,6 +16,8 @@ CASES = [
     ("latent_ebm", ["--inference", "kl-plus", "--schedule", "simultaneous"]),
     ("triangle", []),
     ("triangle", ["--schedule", "simultaneous", "--sleep-weight", "1"]),
+    ("triangle", ["--compile"]),  # every network compiled (no spectral norm here)
+    ("latent_ebm", ["--compile", "--amp", "bf16"]),  # the spectrally normalised energy stays eager
     ("bidvl", []),
     ("bidvl", ["--no-offset", "--lower-steps", "2"]),
     ("bidvl", ["--no-offset", "--encoder-upper", "prior"]),
