@@ -34,16 +34,6 @@ def _load_runner():
 runner = _load_runner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_every_page_with_code_is_run():
     """A new page with code must be added to the runner's list (and thus to these tests)."""
     with_code = {
