@@ -158,6 +158,7 @@ def replot(args) -> None:
     """Rebuild each digit's models from their checkpoints and redraw their plots."""
     for digit in args.digits:
         split = mnist_anomaly_split(args.data_root, digit, download=args.download)
+        test_x = split.test.tensors()[0]
         for model in args.models:
             where = Path(args.out) / f"digit{digit}" / model
             state = load_checkpoint(where / "checkpoint.pt")
@@ -165,11 +166,11 @@ def replot(args) -> None:
             for name, net in nets.items():
                 net.load_state_dict(state["networks"][name])
             sigma = math.sqrt(0.5) if model == "triangle" else args.sigma
-            s = scores(model, nets, split.test.tensors()[0], sigma, "cpu")
+            s = scores(model, nets, test_x, sigma, "cpu")
             plot(model, split, s, split.test_labels, where)
             print(f"{where}: AUPRC {anomaly_auprc(s, split.test_labels):.3f} at the last epoch")
             if model == "latent-ebm":  # the same run's VAE half, scored as the baseline is
-                s = scores("vae", nets, split.test.tensors()[0], sigma, "cpu")
+                s = scores("vae", nets, test_x, sigma, "cpu")
                 print(f"{where}: AUPRC {anomaly_auprc(s, split.test_labels):.3f} with its generator and "
                       "encoder's -ELBO as the score instead of the energy")
 

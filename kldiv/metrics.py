@@ -28,7 +28,7 @@ import importlib.resources
 import importlib.util
 import inspect
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, TypeAlias
@@ -195,6 +195,28 @@ def _flat_scores(f: object, n: int, what: str) -> Tensor:
     return f.reshape(n)
 
 
+def _negated_scores(
+    f: Callable[[Tensor], Tensor],
+    images: Images,
+    batch_size: int,
+    device: torch.device | str | None,
+    *modules: nn.Module,
+) -> Tensor:
+    """``-f(x)`` per image, batched, without gradients, with ``modules`` in eval mode.
+
+    ``device`` defaults to that of the first module's parameters (the energy network).
+    """
+    dev = _device_of(modules[0], device)
+    out = []
+    with torch.no_grad(), _evaluation_mode(*modules):
+        for x in _batches(images, batch_size):
+            x = x.to(dev)
+            out.append(-_flat_scores(f(x), x.shape[0], "the energy network").detach().float().cpu())
+    if not out:
+        raise ValueError("no images to score")
+    return torch.cat(out)
+
+
 def marginal_ebm_scores(
     energy: nn.Module,
     images: Images,
@@ -229,16 +251,7 @@ def marginal_ebm_scores(
         Kan et al., *Bi-level Doubly Variational Learning for Energy-based Latent
         Variable Models*, CVPR 2022, Table 4. [arXiv:2203.14702](https://arxiv.org/abs/2203.14702)
     """
-    dev = _device_of(energy, device)
-    out = []
-    with torch.no_grad(), _evaluation_mode(energy):
-        for x in _batches(images, batch_size):
-            x = x.to(dev)
-            f = _flat_scores(energy(x), x.shape[0], "the energy network")
-            out.append(-f.detach().float().cpu())
-    if not out:
-        raise ValueError("no images to score")
-    return torch.cat(out)
+    return _negated_scores(energy, images, batch_size, device, energy)
 
 
 def latent_ebm_scores(
@@ -274,22 +287,17 @@ def latent_ebm_scores(
         Han et al., *Joint Training of Variational Auto-Encoder and Latent
         Energy-Based Model*, CVPR 2020, §5.3–5.4. [arXiv:2006.06059](https://arxiv.org/abs/2006.06059)
     """
-    dev = _device_of(energy, device)
-    out = []
-    with torch.no_grad(), _evaluation_mode(energy, encoder):
-        for x in _batches(images, batch_size):
-            x = x.to(dev)
-            q = encoder(x)
-            if not isinstance(q, Distribution):
-                raise TypeError(
-                    "the encoder must return a torch/pyro distribution over z (with a .mean), "
-                    f"got {type(q).__name__}"
-                )
-            f = _flat_scores(energy(x, q.mean), x.shape[0], "the energy network")
-            out.append(-f.detach().float().cpu())
-    if not out:
-        raise ValueError("no images to score")
-    return torch.cat(out)
+
+    def at_encoder_mean(x: Tensor) -> Tensor:
+        q = encoder(x)
+        if not isinstance(q, Distribution):
+            raise TypeError(
+                "the encoder must return a torch/pyro distribution over z (with a .mean), "
+                f"got {type(q).__name__}"
+            )
+        return energy(x, q.mean)
+
+    return _negated_scores(at_encoder_mean, images, batch_size, device, energy, encoder)
 
 
 # --------------------------------------------------------------------------- #
