@@ -12,6 +12,7 @@ by ±10% from one step to the next).
 
     python benchmarks/overhead.py                 # CPU, defaults below
     python benchmarks/overhead.py --device cuda --repeats 50
+    python benchmarks/overhead.py --profile       # also count each step's convolutions
 
 Target: a median ratio of at most 1.02 on the CPU.
 """
@@ -112,6 +113,8 @@ def main(argv=None):
                     help="process CPU time (default on the CPU: immune to other programs' load) "
                          "or wall time (default on a GPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also count, with the torch profiler, the convolutions each step runs")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,6 +147,19 @@ def main(argv=None):
     print(f"median time ratio kldiv / hand: {statistics.median(ratios):.4f} (quartiles {q[0]:.4f}, {q[2]:.4f})")
     print(f"ratio of the median times:      {statistics.median(t_ours) / statistics.median(t_hand):.4f}")
     print(f"ratio of the fastest times:     {min(t_ours) / min(t_hand):.4f}")
+    if args.profile:
+        hand_ops, ours_ops = convolution_counts(hand, x), convolution_counts(ours, x)
+        print(f"convolutions per step (forward, backward): hand {hand_ops}, kldiv {ours_ops}")
+
+
+def convolution_counts(fn, x) -> tuple[int, int]:
+    """How many forward and backward convolutions one step runs, by the torch profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if x.is_cuda else [])]) as prof:
+        fn(x)
+    calls = {e.key: e.count for e in prof.key_averages()}
+    return calls.get("aten::convolution", 0), calls.get("aten::convolution_backward", 0)
 
 
 if __name__ == "__main__":
