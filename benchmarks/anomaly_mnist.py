@@ -166,6 +166,7 @@ def replot(args) -> None:
             for name, net in nets.items():
                 net.load_state_dict(state["networks"][name])
             sigma = math.sqrt(0.5) if model == "triangle" else args.sigma
+            torch.manual_seed(args.seed)  # the -ELBO draws z: the same numbers on every replot
             s = scores(model, nets, test_x, sigma, "cpu")
             plot(model, split, s, split.test_labels, where)
             print(f"{where}: AUPRC {anomaly_auprc(s, split.test_labels):.3f} at the last epoch")
