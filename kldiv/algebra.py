@@ -13,6 +13,15 @@ $$ \mathrm{KL}(a \,\|\, b) = \sum_{t \in a} E_a[t] - \sum_{t \in b} E_a[t], \qqu
 That expansion ([`Expression.expand`][kldiv.Expression.expand]) is what the
 compiler works on.
 
+A divergence can weigh the factors of one variable apart from the rest,
+as ``poutine.scale`` does to a Pyro site: with $a = a_x a_z$ and $b = b_x b_z$,
+
+$$ \mathrm{KL}_{w}(a \,\|\, b) = E_a\Big[\sum_v w_v \big(\log a_v - \log b_v\big)\Big], $$
+
+so ``KL(q, p, weights={"z": beta})`` is the $\beta$-VAE objective
+$E_q[-\log p(x \mid z)] + \beta\, E_q\,\mathrm{KL}(q(z \mid x) \,\|\, p(z))$
+(up to $E[\log q_{\rm data}]$).
+
 Examples:
     >>> import torch
     >>> from kldiv import KL, DataDensity, GeneratorDensity, LatentEBM
@@ -26,15 +35,16 @@ Examples:
 
 from __future__ import annotations
 
+import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
 from torch import nn
 
 from kldiv.densities import Density, Term
-from kldiv.errors import VariableMismatchError
+from kldiv.errors import CompileError, VariableMismatchError
 
 if TYPE_CHECKING:
     from kldiv.compiler import Game
@@ -66,6 +76,7 @@ class Divergence:
     a: Density
     b: Density
     symmetric: bool = False
+    weights: tuple[tuple[str, float], ...] = ()
 
     def __attrs_post_init__(self):
         for side in (self.a, self.b):
@@ -80,6 +91,26 @@ class Divergence:
                 f"({', '.join(self.b.variables)}); a divergence compares two densities "
                 "over the same variables"
             )
+        for v, w in self.weights:
+            if v not in self.a.variables:
+                raise VariableMismatchError(
+                    f"{self._name}({self.a.name}, {self.b.name}) weighs the factors of {v!r}, "
+                    f"but the densities are over ({', '.join(self.a.variables)}); weigh one of those"
+                )
+            if not (isinstance(w, float) and math.isfinite(w) and w > 0):
+                raise ValueError(
+                    f"{self._name}({self.a.name}, {self.b.name}): the weight of {v!r} must be a "
+                    f"finite positive number, got {w!r}"
+                )
+            for side in (self.a, self.b):
+                joint = [t.label for t in side.terms() if t.factor is None and (v in t.reads or not t.reads)]
+                if joint:
+                    raise CompileError(
+                        f"{self._name}({self.a.name}, {self.b.name}) weighs the factors of {v!r}, but "
+                        f"{side.name} has terms that belong to no single variable's factor "
+                        f"({', '.join(joint)}), so its log density does not split by variable; "
+                        "drop the weights, or weigh a divergence between densities that factorise"
+                    )
 
     @property
     def _name(self) -> str:
@@ -89,31 +120,37 @@ class Divergence:
     def key(self) -> tuple:
         """Identity used to collect like divergences (``S`` is symmetric in its arguments)."""
         if self.symmetric:
-            return ("S", frozenset({id(self.a), id(self.b)}))
-        return ("KL", id(self.a), id(self.b))
+            return ("S", frozenset({id(self.a), id(self.b)}), self.weights)
+        return ("KL", id(self.a), id(self.b), self.weights)
+
+    def _weights_text(self) -> str:
+        return "".join(f"; {v}×{w:g}" for v, w in self.weights)
 
     def __str__(self) -> str:
         if self.symmetric:
-            return f"S({self.a.name}, {self.b.name})"
-        return f"KL({self.a.name} ‖ {self.b.name})"
+            return f"S({self.a.name}, {self.b.name}{self._weights_text()})"
+        return f"KL({self.a.name} ‖ {self.b.name}{self._weights_text()})"
 
     def latex(self) -> str:
         """The divergence in LaTeX."""
+        sub = ", ".join(rf"{v} \times {w:g}" for v, w in self.weights)
+        sub = f"_{{{sub}}}" if sub else ""
         if self.symmetric:
-            return rf"S({self.a.latex}, {self.b.latex})"
-        return rf"\mathrm{{KL}}({self.a.latex} \,\|\, {self.b.latex})"
+            return rf"S{sub}({self.a.latex}, {self.b.latex})"
+        return rf"\mathrm{{KL}}{sub}({self.a.latex} \,\|\, {self.b.latex})"
 
     def expand(self, coef: float, origin: str) -> list[Contribution]:
         """The contributions of ``coef`` times this divergence."""
         if self.symmetric:
-            forward = Divergence(self.a, self.b)
-            backward = Divergence(self.b, self.a)
+            forward = Divergence(self.a, self.b, weights=self.weights)
+            backward = Divergence(self.b, self.a, weights=self.weights)
             return forward.expand(coef, f"{forward} in {origin}") + backward.expand(
                 coef, f"{backward} in {origin}"
             )
         a, b = self.a, self.b
-        out = [Contribution(coef * t.sign, a, t, origin) for t in a.terms()]
-        out += [Contribution(-coef * t.sign, a, t, origin) for t in b.terms()]
+        w = dict(self.weights)
+        out = [Contribution(coef * t.sign * w.get(t.factor, 1.0), a, t, origin) for t in a.terms()]
+        out += [Contribution(-coef * t.sign * w.get(t.factor, 1.0), a, t, origin) for t in b.terms()]
         return out
 
 
@@ -239,17 +276,35 @@ class Expression:
 class KL(Expression):
     r"""The Kullback–Leibler divergence $\mathrm{KL}(a \,\|\, b) = E_a[\log a - \log b]$.
 
+    With ``weights``, the factors of each named variable are scaled,
+    $\mathrm{KL}_w(a \,\|\, b) = E_a[\sum_v w_v (\log a_v - \log b_v)]$: the
+    $\beta$-VAE is ``KL(q, p, weights={"z": beta})``, and a KL averaged over
+    the $d$ latent dimensions rather than summed, as some authors' code
+    computes it, is ``weights={"z": 1 / d}``.
+
     Arguments:
         a: the density the expectation is under (it must be sampleable
             wherever a gradient needs its samples).
         b: a density over the same variables as ``a``.
+        weights: per variable, a positive weight of its factors (default 1).
 
     Raises:
-        VariableMismatchError: if ``a`` and ``b`` are over different variables.
+        VariableMismatchError: if ``a`` and ``b`` are over different variables,
+            or a weight names a variable they are not over.
+        CompileError: if a weighted variable shares a term with another
+            (the $f(x, z)$ of a latent EBM), so the densities do not split by variable.
+
+    Examples:
+        >>> import torch
+        >>> from kldiv import KL, DataDensity, GeneratorDensity
+        >>> q = DataDensity(torch.nn.Linear(3, 4))
+        >>> p = GeneratorDensity(torch.nn.Linear(2, 3), latent_shape=2, sigma=1.0)
+        >>> print(KL(q, p, weights={"z": 0.5}))
+        KL(q ‖ p; z×0.5)
     """
 
-    def __init__(self, a: Density, b: Density):
-        super().__init__([(1.0, Divergence(a, b))])
+    def __init__(self, a: Density, b: Density, *, weights: Mapping[str, float] | None = None):
+        super().__init__([(1.0, Divergence(a, b, weights=_weights(weights)))])
 
 
 class S(Expression):
@@ -258,7 +313,24 @@ class S(Expression):
     Arguments:
         a: a density.
         b: a density over the same variables as ``a``.
+        weights: per variable, a positive weight of its factors in both
+            divergences (see [`KL`][kldiv.KL]).
     """
 
-    def __init__(self, a: Density, b: Density):
-        super().__init__([(1.0, Divergence(a, b, symmetric=True))])
+    def __init__(self, a: Density, b: Density, *, weights: Mapping[str, float] | None = None):
+        super().__init__([(1.0, Divergence(a, b, symmetric=True, weights=_weights(weights)))])
+
+
+def _weights(weights: Mapping[str, float] | None) -> tuple[tuple[str, float], ...]:
+    """Canonical per-variable weights: sorted, weight-1 entries dropped."""
+    if weights is None:
+        return ()
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights maps variable names to numbers, got {type(weights).__name__}")
+    out = []
+    for v, w in sorted(weights.items()):
+        if not isinstance(w, numbers.Real) or isinstance(w, bool):
+            raise TypeError(f"the weight of {v!r} must be a real number, got {type(w).__name__}")
+        if float(w) != 1.0:
+            out.append((str(v), float(w)))
+    return tuple(out)

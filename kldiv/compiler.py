@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from kldiv.algebra import Contribution, Expression
-from kldiv.densities import DataDensity, Density, Samples, Term, _EnergyBased
+from kldiv.densities import DataDensity, Density, Samples, Term, _EnergyBased, prior_kl_term
 from kldiv.errors import (
     CompileError,
     IntractableError,
@@ -188,17 +188,22 @@ class Game:
                 stack.extend(d.sampler.sources())
         return tuple(seen.values())
 
-    def compile(self, *, values: bool = True) -> Estimator:
-        """Compile to an [`Estimator`][kldiv.Estimator]; raises a
+    def compile(self, *, values: bool = True, closed_form: bool = True) -> Estimator:
+        r"""Compile to an [`Estimator`][kldiv.Estimator]; raises a
         [`CompileError`][kldiv.errors.CompileError] for what cannot be estimated.
 
         Arguments:
-            values: also evaluate the terms that carry no gradient for a
-                player, so that its value is the full estimate (up to the
+            values: by default, evaluate the terms that carry no gradient for
+                a player, so that its value is the full estimate (up to the
                 listed constants). ``False`` skips them: cheaper, and the value
-                is then up to those terms too.
+                is then up to those terms too. A round can override it
+                (`Estimator.round`'s ``values``).
+            closed_form: replace $E_s[\log q(z \mid x) - \log \mathcal N(z; 0, I)]$
+                by the closed-form KL where ``s`` draws $z$ from that $q$
+                (as the VAE code of most papers does); ``False`` keeps the
+                one-sample Monte Carlo difference.
         """
-        return Estimator(self, values=values)
+        return Estimator(self, values=values, closed_form=closed_form)
 
 
 # ----------------------------------------------------------------------------------------
@@ -297,9 +302,62 @@ class _Namer:
         return ", ".join(sorted({self.names.get(id(m), type(m).__name__) for m in modules}))
 
 
-def _plan(player: Player, payers: dict[int, Density], name: _Namer) -> Plan:
+def _closed_form(alive: list[Merged]) -> list[Merged]:
+    r"""Replace each pair $c\,E_s[\log q(z \mid x)] - c\,E_s[\log \mathcal N(z; 0, I)]$, where
+    ``s`` draws $z$ from that $q$, by $c\,E_s[\mathrm{KL}(q(\cdot \mid x) \,\|\, \mathcal N(0, I))]$
+    (closed form where one exists: same expectation, lower variance)."""
+    out = list(alive)
+    for m in alive:
+        s = m.source
+        if s is None or m not in out or s.drawn_from("z") is not m.term:
+            continue
+        partner = next(
+            (
+                o
+                for o in out
+                if o.source is s
+                and o.term.key[0] == "standard_normal"
+                and abs(o.coef + m.coef) < _EPS * max(1.0, abs(m.coef))
+            ),
+            None,
+        )
+        if partner is None:
+            continue
+        fused = Merged(
+            coef=m.coef,
+            source=s,
+            term=prior_kl_term(m.term, partner.term),
+            origins=m.origins + tuple((-c, o) for c, o in partner.origins),
+        )
+        out[out.index(m)] = fused
+        out.remove(partner)
+    return out
+
+
+def _plan(player: Player, payers: dict[int, Density], name: _Namer, closed_form: bool = True) -> Plan:
+    r"""Decide, for one player, how each summand of its objective is estimated.
+
+    With $\theta$ the player's networks, every merged summand $c\,E_s[t]$ is
+    sorted by how $\nabla_\theta E_s[t]$ can be non-zero: through the term
+    itself ($t$ uses a network of $\theta$) or through the samples
+    ($s$'s marginal of the variables $t$ reads depends on one,
+    `Density.dependence`). A summand with neither route is *value only*
+    (estimable) or a *constant* (not computable; the value is up to it).
+    Otherwise it must be estimable along the pathwise route: $t$ computable,
+    $s$ sampleable, and every network of the sample route in
+    `Density.pathwise` (the samples carry its gradient, reparameterised), so
+    that $\nabla_\theta \frac1n \sum_i t(v_i)$ is unbiased; a $\log Z$
+    summand instead is *sampler-paid*, $\nabla \log Z = E_\pi[\nabla f]$, when an
+    energy-based density on the same network has a sampler. Anything else is
+    an [`IntractableError`][kldiv.errors.IntractableError] naming the term,
+    its divergence and the player; a network of the player that no surviving
+    summand reaches is an
+    [`UnusedParametersError`][kldiv.errors.UnusedParametersError].
+    """
     theta = {id(m) for m in player.networks}
     alive, cancelled = _merge(player.objective.expand())
+    if closed_form:
+        alive = _closed_form(alive)
     gradient, value_only, constants, paid = [], [], [], []
     used: set[int] = set()
     fresh: dict[int, tuple[Density, set[nn.Module]]] = {}
@@ -414,7 +472,7 @@ class Estimator:
         >>> for opt in optimizers: opt.step()
     """
 
-    def __init__(self, game: Game, *, values: bool = True):
+    def __init__(self, game: Game, *, values: bool = True, closed_form: bool = True):
         if not game.players:
             raise CompileError("the game has no players; add one with minimize or maximize")
         self.game = game
@@ -425,7 +483,9 @@ class Estimator:
         for d in densities:
             if isinstance(d, _EnergyBased) and d.sampler is not None:
                 payers.setdefault(id(d.energy), d)
-        self.plans: dict[str, Plan] = {p.name: _plan(p, payers, self._namer) for p in game.players}
+        self.plans: dict[str, Plan] = {
+            p.name: _plan(p, payers, self._namer, closed_form) for p in game.players
+        }
         self._networks = {id(m): m for d in densities for m in d.networks().values()}
         self._owners: dict[int, frozenset[str]] = {}
         for p in game.players:
@@ -449,16 +509,27 @@ class Estimator:
 
     # --- stepping -------------------------------------------------------------------
     def round(
-        self, inputs: Tensor | Mapping[str, Tensor] | None = None, *, n: int | None = None, **named: Tensor
+        self,
+        inputs: Tensor | Mapping[str, Tensor] | None = None,
+        *,
+        n: int | None = None,
+        values: bool | None = None,
+        **named: Tensor,
     ) -> Round:
         """Open a round on one batch: ``inputs`` is the data tensor (input ``"data"``)
         or a mapping of named inputs; ``n`` is the number of samples drawn from
-        sources without data (default: the batch size)."""
+        sources without data (default: the batch size).
+
+        ``values`` says whether the round evaluates the summands that carry
+        no gradient for a player, so that `Round.value` is the full estimate
+        (default: as compiled). A training loop asks for them only on the
+        steps it logs: the gradients are the same, and a sequential round
+        then runs no network just to compute a number nobody reads."""
         if isinstance(inputs, Tensor):
             named = {"data": inputs, **named}
         elif inputs is not None:
             named = {**dict(inputs), **named}
-        return Round(self, named, n=n)
+        return Round(self, named, n=n, values=self.values if values is None else bool(values))
 
     def __call__(
         self,
@@ -575,8 +646,10 @@ class Round:
     samples drawn before the update with parameters after it.
     """
 
-    def __init__(self, estimator: Estimator, inputs: Mapping[str, Tensor], *, n: int | None):
+    def __init__(self, estimator: Estimator, inputs: Mapping[str, Tensor], *, n: int | None,
+                 values: bool = True):
         self.estimator = estimator
+        self.values = values
         self.inputs = dict(inputs)
         first = next(iter(self.inputs.values()), None)
         if n is None:
@@ -672,14 +745,14 @@ class Round:
     def _compute(self, name: str) -> tuple[Tensor, Tensor]:
         plan = self.estimator.plans[name]
         samples = {id(d): self.samples(d, mods) for d, mods in plan.fresh}
-        for m in plan.value_only if self.estimator.values else ():
+        for m in plan.value_only if self.values else ():
             if m.source is not None and id(m.source) not in samples:
                 samples[id(m.source)] = self.samples(m.source)
         surrogate = torch.zeros((), device=self.device, dtype=self.dtype)
         for m in plan.gradient:
             surrogate = surrogate + m.coef * self._expectation(m, samples)
         value = surrogate.detach()
-        if self.estimator.values:
+        if self.values:
             for m in plan.value_only:
                 value = value + m.coef * self._expectation(m, samples).detach()
         for m, payer in plan.sampler_paid:

@@ -104,7 +104,7 @@ class Samples:
 
 @attrs.frozen(eq=False)
 class Term:
-    """One additive term of a log density.
+    r"""One additive term of a log density.
 
     Attributes:
         key: identity of the term. Two terms with equal keys are the same
@@ -124,6 +124,13 @@ class Term:
         normalizes: for ``log Z``, the energy network it normalises.
         sign: the sign with which the term enters its log density
             (``-1`` for ``log Z``, ``+1`` for every other term).
+        factor: the variable whose factor of the density the term belongs
+            to (``"z"`` for $\log p(z)$ or $\log q_\phi(z \mid x)$, ``"x"``
+            for $\log p_\theta(x \mid z)$ or the energy of a marginal EBM);
+            ``None`` for a term of a joint that does not factorise, such as
+            $f(x, z)$. A divergence weighted per variable
+            ([`KL`][kldiv.KL]``(a, b, weights={"z": beta})``) scales the terms
+            of that variable's factors.
     """
 
     key: Hashable
@@ -136,6 +143,7 @@ class Term:
     evaluate: Callable[[Evaluator, Samples], Tensor] | None = None
     normalizes: nn.Module | None = None
     sign: float = 1.0
+    factor: str | None = None
 
 
 class Density(abc.ABC):
@@ -191,6 +199,17 @@ class Density(abc.ABC):
     def sampleable(self) -> bool:
         """Whether the density can draw its own samples."""
         return False
+
+    def drawn_from(self, variable: str) -> Term | None:
+        r"""The term whose distribution this density's samples of ``variable`` are
+        drawn from, given the variables drawn before it (``log q(z|x)`` for the
+        ``z`` of a `DataDensity`); ``None`` if they are drawn some other way.
+
+        The compiler uses it to replace $E_s[\log q(z \mid x) - \log \mathcal N(z; 0, I)]$
+        by the closed-form $E_x\,\mathrm{KL}(q(\cdot \mid x) \,\|\, \mathcal N(0, I))$
+        when $z$ is drawn from that very $q$.
+        """
+        return None
 
     def sample(self, ev: Evaluator, n: int) -> Samples:
         """Draw ``n`` samples of every variable (reparameterised where possible)."""
@@ -279,6 +298,7 @@ class GeneratorDensity(Density):
                 latex=r"\log \mathcal{N}(z; 0, I)",
                 reads=frozenset({"z"}),
                 evaluate=lambda ev, s: _standard_normal_log_prob(s["z"]),
+                factor="z",
             ),
             Term(
                 key=("likelihood", decoder, self.sigma),
@@ -287,6 +307,7 @@ class GeneratorDensity(Density):
                 reads=frozenset({"x", "z"}),
                 modules=(decoder,),
                 evaluate=self._log_likelihood,
+                factor="x",
             ),
         )
 
@@ -415,6 +436,7 @@ class DataDensity(Density):
             reads=frozenset({"x"}),
             computable=False,
             reason=f"the density of the data (x from {origin!r}) is unknown",
+            factor="x",
         )
         self._terms = (data,) if encoder is None else (data, conditional_term(encoder, name))
 
@@ -442,6 +464,9 @@ class DataDensity(Density):
     @property
     def sampleable(self) -> bool:
         return True
+
+    def drawn_from(self, variable: str) -> Term | None:
+        return self._terms[1] if variable == "z" and self.encoder is not None else None
 
     def sample(self, ev: Evaluator, n: int) -> Samples:
         if isinstance(self.x_source, str):
@@ -480,6 +505,46 @@ def conditional_term(encoder: nn.Module, name: str = "q") -> Term:
         reads=frozenset({"x", "z"}),
         modules=(encoder,),
         evaluate=evaluate,
+        factor="z",
+    )
+
+
+def prior_kl_term(conditional: Term, prior: Term) -> Term:
+    r"""The term $\mathrm{KL}(q_\phi(\cdot \mid x) \,\|\, \mathcal N(0, I))$ that replaces
+    $\log q_\phi(z \mid x) - \log \mathcal N(z; 0, I)$ under a source drawing $z$ from $q_\phi$.
+
+    Evaluated in closed form (``torch.distributions.kl_divergence``) when the
+    encoder's distribution has one against a standard normal — a diagonal
+    Normal does — and otherwise as the one-sample difference it replaces, so
+    its expectation is the same either way and only its variance changes.
+    """
+    (encoder,) = conditional.modules
+
+    def evaluate(ev: Evaluator, s: Samples) -> Tensor:
+        q = ev.call(encoder, s["x"])
+        z = s["z"]
+        if not isinstance(q, Distribution):
+            raise TypeError(
+                f"an encoder must return a torch/pyro distribution over z, got {type(q).__name__}"
+            )
+        event = z.dim() - 1
+        if tuple(q.event_shape) == tuple(z.shape[1:]):
+            base = torch.distributions.Normal(torch.zeros_like(z), torch.ones_like(z))
+            std = torch.distributions.Independent(base, event) if event else base
+            try:
+                return torch.distributions.kl_divergence(q, std)
+            except NotImplementedError:
+                pass
+        return q.log_prob(z) - _standard_normal_log_prob(z)
+
+    return Term(
+        key=("prior_kl", conditional.key, prior.key),
+        label=f"KL({conditional.label.removeprefix('log ')} ‖ N(0, I))",
+        latex=r"\mathrm{KL}(q_\phi(\cdot \mid x) \,\|\, \mathcal{N}(0, I))",
+        reads=frozenset({"x", "z"}),
+        modules=conditional.modules,
+        evaluate=evaluate,
+        factor="z",
     )
 
 
@@ -506,6 +571,8 @@ class _EnergyBased(Density):
         self.sampler = sampler
         reads = frozenset(self._energy_reads)
         args = ", ".join(self._energy_reads)
+        # exp f(x) / Z is the x-factor of a MarginalEBM or a DecoupledEBLVM; f(x, z) factorises no further
+        factor = "x" if self._energy_reads == ("x",) else None
         self.energy_term = Term(
             key=("energy", energy),
             label=f"f({args})",
@@ -515,6 +582,7 @@ class _EnergyBased(Density):
             evaluate=lambda ev, s: _per_sample(
                 ev.call(energy, *(s[v] for v in self._energy_reads))
             ),
+            factor=factor,
         )
         self.log_normalizer = Term(
             key=("log_normalizer", energy),
@@ -526,6 +594,7 @@ class _EnergyBased(Density):
             reason=f"the normalising constant of {name} is an intractable integral",
             normalizes=energy,
             sign=-1.0,
+            factor=factor,
         )
 
     _energy_reads: tuple[str, ...]
@@ -677,6 +746,9 @@ class DecoupledEBLVM(_EnergyBased):
 
     def pathwise(self, reads: frozenset[str]) -> frozenset[nn.Module]:
         return frozenset({self.encoder}) if "z" in reads else _NO_MODULES
+
+    def drawn_from(self, variable: str) -> Term | None:
+        return self.conditional if variable == "z" and self.sampler is not None else None
 
     def sample(self, ev: Evaluator, n: int) -> Samples:
         if self.sampler is None:

@@ -92,6 +92,7 @@ class RunConfig:
     log_every: int = option(50, "write metrics every this many steps")
     sample_every: int = option(500, "write sample grids every this many steps")
     checkpoint_every: int = option(500, "write a checkpoint every this many steps")
+    clip_grad: float = option(0.0, "clip every player's gradient norm at this value before its update (0: off)")
     num_workers: int = option(0, "data-loading worker processes")
 
 
@@ -337,6 +338,7 @@ class Run:
         schedulers: Mapping[str, object] | None = None,
         extra_state: Mapping[str, object] | None = None,
         architecture: Mapping[str, tuple[str, Mapping]] | None = None,
+        clip: Mapping[str, float] | None = None,
     ) -> None:
         """Register what the checkpoints hold, wrap the players' networks for
         several processes, and resume if asked.
@@ -350,6 +352,10 @@ class Run:
                 a persistent sampler buffer) to checkpoint too.
             architecture: how to rebuild the networks (see
                 [`build_networks`][kldiv.train.build_networks]), stored in checkpoints.
+            clip: per player, the norm its gradient is clipped at before its
+                update (``torch.nn.utils.clip_grad_norm_``); players not named
+                get ``--clip-grad`` (0: no clipping). The norm before clipping
+                is logged as ``<player>/grad_norm``.
         """
         self.estimator = estimator
         self.networks = dict(networks)
@@ -360,6 +366,14 @@ class Run:
         missing = set(estimator.plans) - set(self.optimizers)
         if missing:
             raise ValueError(f"give an optimiser for every player; missing {sorted(missing)}")
+        self.clip = {name: float(self.cfg.clip_grad) for name in estimator.plans}
+        for name, norm in (clip or {}).items():
+            if name not in self.clip:
+                raise ValueError(f"clip names no player {name!r}; the players are {sorted(self.clip)}")
+            self.clip[name] = float(norm)
+        bad = {k: v for k, v in self.clip.items() if not (math.isfinite(v) and v >= 0)}
+        if bad:
+            raise ValueError(f"gradient clipping norms must be finite and >= 0 (0: off), got {bad}")
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -447,9 +461,11 @@ class Run:
         """The ``--amp`` autocast context (a no-op without ``--amp bf16``)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
 
-    def update(self, r: Round, player: str) -> float:
-        """Back-propagate ``player``'s loss in round ``r``, check it, and step its optimiser
-        (one line of a sequential schedule such as the papers' Algorithm 1).
+    def update(self, r: Round, player: str) -> float | None:
+        """Back-propagate ``player``'s loss in round ``r``, check it, clip its gradient
+        (``clip``), and step its optimiser (one line of a sequential schedule such as
+        the papers' Algorithm 1). Returns the player's value when the round computed
+        it (``values=True``), else ``None``.
 
         Raises:
             NonFiniteError: the loss or a gradient is NaN/inf; nothing is
@@ -459,7 +475,7 @@ class Run:
         self.optimizers[player].step()
         return self._record(r, player)
 
-    def update_all(self, r: Round) -> dict[str, float]:
+    def update_all(self, r: Round) -> dict[str, float | None]:
         """Every player's gradient from the same parameters, then every optimiser
         steps (a simultaneous schedule: one shared evaluation per round)."""
         names = list(self.estimator.plans)
@@ -482,6 +498,11 @@ class Run:
         if not bool(ok):
             what = "loss" if not bool(loss_ok) else "gradient"
             raise NonFiniteError(f"the {what} is not finite.\n{self._stop_note(player)}")
+        max_norm = self.clip.get(player, 0.0)
+        if max_norm > 0 and grads:
+            norm = torch.nn.utils.clip_grad_norm_(self.estimator.parameters(player), max_norm)
+            if self.logging:
+                self.metrics[f"{player}/grad_norm"] = float(norm)
 
     def _stop_note(self, player: str) -> str:
         last = (
@@ -495,7 +516,16 @@ class Run:
             "learning rate or --amp none."
         )
 
-    def _record(self, r: Round, player: str) -> float:
+    @property
+    def logging(self) -> bool:
+        """Whether the step in progress writes metrics (every ``--log-every`` steps and
+        the last): open its round with ``step.round(x, values=run.logging)``, so the
+        players' full values are computed on those steps only."""
+        return (self.step + 1) % self.cfg.log_every == 0 or self.step + 1 == self.cfg.steps
+
+    def _record(self, r: Round, player: str) -> float | None:
+        if not r.values:  # the value is up to the value-only terms: nothing worth logging
+            return None
         value = float(r.value(player))
         self.metrics[player] = value
         return value

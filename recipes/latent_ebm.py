@@ -29,13 +29,19 @@ Launch:
 Defaults are the paper's and its code's (DCGAN networks of width 64, z in
 R^100, Adam(0, 0.9), learning rates 1e-4 for the EBM and 3e-4 for the
 generator and encoder, weight decay 1e-4 on the generator and encoder, a
-0.998 decay per epoch, batch 100).  On the embedded digits a CPU preset
+0.998 decay per epoch, batch 100, a spectrally normalised energy).  The
+code's reconstruction loss is the summed squared error with weight 1: a
+Gaussian decoder with sigma^2 = 1/2, the default ``--sigma``.  Its encoder
+KL is the Monte Carlo one, log q(z|x) cancelling against -KL(q || pi), which
+is what the algebra derives for eq. 15.  The code's generator and encoder
+have width 48 (``--width`` sets all three networks).  On the embedded digits a CPU preset
 (`PRESETS` below) makes the networks small so the run takes minutes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -49,7 +55,7 @@ class Config(RunConfig):
 
     latent_dim: int = option(100, "dimension of z")
     width: int = option(64, "DCGAN channel width of every network")
-    sigma: float = option(0.3, "observation noise of p(x|z)")
+    sigma: float = option(math.sqrt(0.5), "observation noise of p(x|z) (the code's squared error: 1/sqrt 2)")
     inference: str = option("kl-minus", "encoder objective: eq. 15 or eq. 17", choices=("kl-minus", "kl-plus"))
     schedule: str = option("sequential", "Algorithm 1 order, or one shared evaluation",
                            choices=("sequential", "simultaneous"))
@@ -70,50 +76,64 @@ PRESETS = {
 }
 
 
-def main(argv=None) -> Run:
-    cfg = parse_config(Config, argv, PRESETS)
-    run = Run(cfg, name="latent_ebm")
-    train = run.dataset()
-    shape = tuple(train[0][0].shape)
+PLAYERS = ("ebm", "encoder", "generator")  # Algorithm 1, lines 5-7
 
-    architecture = {
+
+def networks(cfg: Config, shape: tuple[int, ...]) -> dict:
+    """How to build the generator, the encoder and the latent energy (see `kldiv.train.build_networks`)."""
+    return {
         "generator": ("kldiv.nn.Generator", dict(latent_dim=cfg.latent_dim, image_shape=shape, width=cfg.width)),
         "encoder": ("kldiv.nn.GaussianEncoder", dict(image_shape=shape, latent_dim=cfg.latent_dim, width=cfg.width)),
         "energy": ("kldiv.nn.EnergyXZ", dict(image_shape=shape, latent_dim=cfg.latent_dim, width=cfg.width,
                                              spectral_norm=cfg.spectral_norm)),
     }
-    nets = build_networks(architecture)
-    G, I, E = (run.prepare(nets[k]) for k in ("generator", "encoder", "energy"))
 
+
+def game(cfg: Config, G, I, E):
+    """The densities and the game of eqs. 10-17."""
     q = DataDensity(I)
     p = GeneratorDensity(G, latent_shape=cfg.latent_dim, sigma=cfg.sigma, synthesis="mean")  # x~ = g(z), §4.6
     pi = LatentEBM(E)
 
     L = KL(q, p) + KL(p, pi) - KL(q, pi)  # eq. 10
     encoder_objective = L if cfg.inference == "kl-minus" else KL(q, p) + KL(q, pi)  # eq. 15 or eq. 17
-    game = (
+    g = (
         L.maximize(pi, name="ebm")  # eqs. 11-12
         .minimize(q, objective=encoder_objective, name="encoder")  # eq. 16
         .minimize(p, name="generator")  # eqs. 13-14
     )
-    step = game.compile()
+    return g, dict(q=q, p=p, pi=pi)
 
+
+def optimizers(cfg: Config, nets: dict) -> tuple[dict, dict]:
+    """Adam per player with the code's rates, betas and weight decay; a per-epoch decay."""
     betas = (cfg.beta1, cfg.beta2)
     opts = {
         "ebm": torch.optim.Adam(nets["energy"].parameters(), cfg.lr_ebm, betas=betas),
         "encoder": torch.optim.Adam(nets["encoder"].parameters(), cfg.lr_enc, betas=betas, weight_decay=cfg.weight_decay),
         "generator": torch.optim.Adam(nets["generator"].parameters(), cfg.lr_gen, betas=betas, weight_decay=cfg.weight_decay),
     }
-    scheds = {k: torch.optim.lr_scheduler.ExponentialLR(o, cfg.decay) for k, o in opts.items()}
+    return opts, {k: torch.optim.lr_scheduler.ExponentialLR(o, cfg.decay) for k, o in opts.items()}
+
+
+def main(argv=None) -> Run:
+    cfg = parse_config(Config, argv, PRESETS)
+    run = Run(cfg, name="latent_ebm")
+    train = run.dataset()
+    architecture = networks(cfg, tuple(train[0][0].shape))
+    nets = build_networks(architecture)
+    G, I, E = (run.prepare(nets[k]) for k in ("generator", "encoder", "energy"))
+    step = game(cfg, G, I, E)[0].compile()
+    opts, scheds = optimizers(cfg, nets)
     run.attach(step, nets, opts, scheds, architecture=architecture)
     if run.is_main and run.step == 0:
         print(step.explain())
 
     fixed_z = torch.randn(100, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(run.device)
     for x in run.batches(train):
-        r = step.round(x)  # Algorithm 1, lines 3-4: synthesis and inference samples, drawn once
+        r = step.round(x, values=run.logging)  # Algorithm 1, lines 3-4: synthesis and inference samples, drawn once
         if cfg.schedule == "sequential":
-            for player in ("ebm", "encoder", "generator"):  # lines 5-7, in the paper's order
+            for player in PLAYERS:  # lines 5-7, in the paper's order
                 run.update(r, player)
         else:
             run.update_all(r)

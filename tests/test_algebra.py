@@ -123,3 +123,45 @@ def test_an_expression_minus_itself_is_zero(e):
 def test_data_density_without_encoder_is_over_x():
     assert DataDensity().variables == ("x",)
     assert [t.label for t in DataDensity().terms()] == ["log q_data(x)"]
+
+
+# ----------------------------------------------------------------------------------------
+# Per-variable weights: the beta-VAE and the authors' reductions
+# ----------------------------------------------------------------------------------------
+def _coefs(expr):
+    return {(c.source.name, c.term.label): c.coef for c in expr.expand()}
+
+
+def test_weights_scale_the_factors_of_one_variable():
+    """KL(q, p; z×β) = E_q[-log p(x|z)] + β E_q[log q(z|x) - log N(z)] (+ the data's entropy)."""
+    plain, weighted = _coefs(KL(q, p)), _coefs(KL(q, p, weights={"z": 0.25}))
+    for key, c in plain.items():
+        factor_z = key[1] in ("log q(z|x)", "log N(z; 0, I)")
+        assert weighted[key] == (0.25 * c if factor_z else c)
+    assert str(KL(q, p, weights={"z": 0.25})) == "KL(q ‖ p; z×0.25)"
+    assert KL(q, p, weights={"z": 0.25}).latex() == r"\mathrm{KL}_{z \times 0.25}(q \,\|\, p)"
+    # a weight of 1 is no weight: the divergences collect
+    assert str(KL(q, p, weights={"z": 1}) - KL(q, p)) == "0"
+    # differently weighted divergences are different divergences
+    assert len((KL(q, p, weights={"z": 0.5}) + KL(q, p)).items) == 2
+
+
+def test_weights_of_symmetric_divergences_apply_to_both_directions():
+    e = _coefs(S(big_pi, p, weights={"z": 0.5}))
+    assert e[("Π", "log q(z|x)")] == 0.5 and e[("p", "log N(z; 0, I)")] == 0.5
+
+
+def test_bad_weights_are_refused_with_the_reason():
+    with pytest.raises(VariableMismatchError, match="weighs the factors of 'y'"):
+        KL(q, p, weights={"y": 0.5})
+    with pytest.raises(ValueError, match="finite positive"):
+        KL(q, p, weights={"z": 0.0})
+    with pytest.raises(ValueError, match="finite positive"):
+        KL(q, p, weights={"z": float("nan")})
+    with pytest.raises(TypeError, match="real number"):
+        KL(q, p, weights={"z": "0.5"})
+    # f(x, z) of a latent EBM belongs to no single variable: its z-factors cannot be weighed
+    from kldiv.errors import CompileError
+
+    with pytest.raises(CompileError, match=r"f\(x, z\).*does not split by variable"):
+        KL(q, pi, weights={"z": 0.5})
