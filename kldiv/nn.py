@@ -6,8 +6,10 @@ r"""The networks of the source papers, sized by a ``width`` argument.
 | [`GaussianEncoder`][kldiv.nn.GaussianEncoder] | $x \mapsto q_\phi(z \mid x) = \mathcal N(\mu_\phi(x), \operatorname{diag} s_\phi(x)^2)$ | Kingma & Welling 2014; Han et al. 2019, 2020 |
 | [`EnergyX`][kldiv.nn.EnergyX] | $x \mapsto f_\alpha(x)$ | Han et al. 2019; Miyato et al. 2018 |
 | [`EnergyXZ`][kldiv.nn.EnergyXZ] | $(x, z) \mapsto f_\alpha(x, z)$ | Han et al. 2020 |
+| [`Descriptor`][kldiv.nn.Descriptor] | $x \mapsto f_\alpha(x)$, unbounded, a sum of many outputs | Xie et al. 2016, 2021 (MNIST) |
 | [`MLPGenerator`][kldiv.nn.MLPGenerator], [`MLPEncoder`][kldiv.nn.MLPEncoder], [`MLPEnergy`][kldiv.nn.MLPEnergy] | the same, as multilayer perceptrons | for 2-D toys and tiny images |
 | [`StandardNormalEncoder`][kldiv.nn.StandardNormalEncoder] | $x \mapsto \mathcal N(0, I)$ | the prior $p(z)$ as a conditional |
+| [`FrozenMeanEncoder`][kldiv.nn.FrozenMeanEncoder] | $x \mapsto \mathcal N(\mu_\phi(x), s^2 I)$, $\phi$ held fixed | the latent term of the BiDVL code |
 
 They plug into kldiv's densities directly: a generator is the ``decoder`` of a
 [`GeneratorDensity`][kldiv.GeneratorDensity], an encoder the ``encoder`` of a
@@ -36,7 +38,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrizations, parametrize
 
 __all__ = [
+    "Descriptor",
     "EnergyX",
+    "FrozenMeanEncoder",
     "EnergyXZ",
     "GaussianEncoder",
     "Generator",
@@ -359,6 +363,65 @@ class EnergyX(nn.Module):
         return _neg_softplus(h) if self.bounded else h
 
 
+class Descriptor(nn.Module):
+    r"""The descriptor of variational MCMC teaching on MNIST (Xie, Zheng & Li 2021), $x \mapsto f_\alpha(x)$.
+
+    $$ x \xrightarrow{\text{conv } 5{\times}5/2,\ w} \xrightarrow{\text{conv } 3{\times}3/2,\ 2w}
+       \xrightarrow{\text{conv } 3{\times}3/1,\ 4w} \xrightarrow{\text{full conv},\ K}
+       \; f_\alpha(x) = \sum_{k=1}^{K} h_k(x), $$
+
+    LeakyReLU(0.2) after every hidden convolution, no batch or spectral
+    normalisation, an unbounded output.  Summing $K = 100$ outputs rather
+    than reading one gives each chain's gradient $\nabla_x f$ many directions
+    to follow: with a single output (`EnergyX`) the Langevin chains of a step
+    end near the same image.  At 28×28 and $w = 64$: $28 \to 14 \to 7 \to 7 \to 1$.
+
+    Arguments:
+        image_shape: ``(C, H, W)``.
+        width: the channels $w$ of the first convolution (64 in the authors' code).
+        outputs: the number $K$ of summed outputs (100 in the authors' code).
+        init_std: standard deviation of [`init_weights`][kldiv.nn.init_weights]
+            (0.005 in the authors' code); ``None`` keeps PyTorch's initialisation.
+
+    Examples:
+        >>> import torch
+        >>> from kldiv.nn import Descriptor
+        >>> Descriptor((1, 28, 28), width=4)(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2])
+    """
+
+    def __init__(self, image_shape: Sequence[int], width: int = 64, outputs: int = 100, *,
+                 init_std: float | None = 0.005):
+        super().__init__()
+        if len(image_shape) != 3:
+            raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
+        c, h, w = (int(s) for s in image_shape)
+        if h < 8 or w < 8:
+            raise ValueError(f"the descriptor needs images of at least 8x8, got {h}x{w}")
+        self.image_shape = (c, h, w)
+        side = lambda n, k, s, p: (n + 2 * p - k) // s + 1  # noqa: E731
+        top = (side(side(h, 5, 2, 2), 3, 2, 1), side(side(w, 5, 2, 2), 3, 2, 1))
+        self.net = nn.Sequential(
+            nn.Conv2d(c, width, 5, 2, 2), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 3, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, 3, 1, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * width, int(outputs), top, 1, 0),
+        )
+        if init_std is not None:
+            init_weights(self, init_std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        r"""The log unnormalised density $f_\alpha(x) = \sum_k h_k(x)$.
+
+        Arguments:
+            x: images of shape ``(n, C, H, W)``.
+
+        Returns:
+            $f(x)$, shape ``(n,)``.
+        """
+        return self.net(x).flatten(1).sum(1)  # (n, K, 1, 1) -> (n,)
+
+
 class EnergyXZ(nn.Module):
     r"""A latent energy network $(x, z) \mapsto f_\alpha(x, z) = -\operatorname{softplus}(h_\alpha(x, z))$.
 
@@ -631,3 +694,34 @@ class StandardNormalEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"latent_shape={self.latent_shape}"
+
+
+class FrozenMeanEncoder(nn.Module):
+    r"""A view of an encoder through its mean alone, with its parameters held fixed:
+    $x \mapsto \mathcal N\big(\mu_\phi(x), s^2 I\big)$, differentiable in $x$ but not in $\phi$.
+
+    $-\log \mathcal N(z; \mu_\phi(x), s^2 I) = \|z - \mu_\phi(x)\|^2 / (2 s^2) + \text{const}$,
+    so with $s^2 = d/2$ an expectation of it under generated pairs is the
+    latent loss $\sum \|\mu_q(G(h)) - h\|^2 / (B d)$ of the BiDVL code, whose
+    encoder is frozen while it encodes the generated images (the gradient
+    reaches the generator only).  The encoder runs as it is (in training
+    mode it updates its batch-norm statistics, as in the code).
+
+    Arguments:
+        encoder: a network $x \mapsto$ a distribution with a ``mean`` (e.g.
+            [`GaussianEncoder`][kldiv.nn.GaussianEncoder]).
+        scale: the fixed standard deviation $s$.
+    """
+
+    def __init__(self, encoder: nn.Module, scale: float):
+        super().__init__()
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a finite positive number, got {scale!r}")
+        self.encoder = encoder
+        self.scale = float(scale)
+
+    def forward(self, x: Tensor) -> dist.Distribution:
+        r"""The distribution $\mathcal N(\mu_\phi(x), s^2 I)$ with $\phi$ detached."""
+        frozen = {k: p.detach() for k, p in self.encoder.named_parameters()}
+        mu = torch.func.functional_call(self.encoder, frozen, (x,)).mean  # (n, d)
+        return dist.Normal(mu, torch.full_like(mu, self.scale)).to_event(1)

@@ -18,6 +18,16 @@ optionally with the upper-level inference term replaced by
 KL(q_w1(h|v) || p(h)) on generated v (§4.4, ``--encoder-upper prior``).
 Algorithm 1: N lower-level steps (``--lower-steps``) per upper-level step.
 
+The authors' code computes the generator's latent term of KL(P || Pi),
+E_P[-log q_w1(h|v)], as ``sum ||mu_q(G(h)) - h||^2 / (B nz)``: the encoder's
+mean alone, averaged over dimensions, with the encoder frozen.  That is the
+same term under a view of the encoder, `kldiv.nn.FrozenMeanEncoder` with
+s^2 = nz / 2, so the default (``--latent-term code``) writes KL(P || Pi') with
+Pi' = p_psi(v) N(h; mu_w1(v), nz/2), in the lower level and in the upper
+level's -KL(P || Pi'), whose encoder terms the offset form cancels anyway;
+``--latent-term paper`` (and ``--no-offset``, which the code does not have)
+keeps q_w1(h|v), and the lower level is then S(Pi, P) exactly.
+
 Launch:
 
     python recipes/bidvl.py                                # embedded digits, CPU
@@ -26,13 +36,17 @@ Launch:
     python recipes/bidvl.py --data celeba --data-root data --image-size 64 --ratio 0.1
 
 Defaults follow the paper and its code: Adam(0, 0.9), learning rates 1e-4
-(EBM) and 3e-4 (encoder and decoder), one lower-level step per upper step,
-DCGAN variational models with batch norm, a spectrally normalised EBM.
+(EBM) and 3e-4 (encoder and decoder), weight decay 1e-4 on the encoder and
+decoder, a 0.998 decay per epoch, one lower-level step per upper step, a
+decoder with sigma^2 = 1/2 (the code's summed squared error, weight r'), the
+closed-form KL of the encoder, DCGAN variational models with batch norm, a
+spectrally normalised EBM.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -47,7 +61,10 @@ class Config(RunConfig):
 
     latent_dim: int = option(100, "dimension of h")
     width: int = option(64, "DCGAN channel width of every network")
-    sigma: float = option(0.3, "observation noise of p(v|h)")
+    sigma: float = option(math.sqrt(0.5), "observation noise of p(v|h) (the code's squared error: 1/sqrt 2)")
+    latent_term: str = option("code", "the generator's latent term of KL(P || Pi): the code's frozen "
+                              "encoder mean (with --offset, as the code), or the paper's -log q(h|v)",
+                              choices=("code", "paper"))
     ratio: float = option(0.05, "the constant importance ratio r' of eq. 15")
     lower_steps: int = option(1, "lower-level steps N per upper-level step")
     offset: bool = option(True, "offset the opposite inference terms (eqs. 13-14)")
@@ -58,6 +75,9 @@ class Config(RunConfig):
     lr_enc: float = option(3e-4, "learning rate of the encoder")
     beta1: float = option(0.0, "Adam beta1")
     beta2: float = option(0.9, "Adam beta2")
+    weight_decay: float = option(1e-4, "weight decay of the encoder and the decoder")
+    decay: float = option(0.998, "learning-rate decay per epoch")
+    spectral_norm: bool = option(True, "spectral normalisation in the energy network")
 
 
 PRESETS = {
@@ -65,68 +85,86 @@ PRESETS = {
 }
 
 
-def main(argv=None) -> Run:
-    cfg = parse_config(Config, argv, PRESETS)
-    run = Run(cfg, name="bidvl")
-    train = run.dataset()
-    shape = tuple(train[0][0].shape)
-
-    architecture = {
+def networks(cfg: Config, shape: tuple[int, ...]) -> dict:
+    """How to build the generator, the encoder and the energy (see `kldiv.train.build_networks`)."""
+    return {
         "generator": ("kldiv.nn.Generator", dict(latent_dim=cfg.latent_dim, image_shape=shape, width=cfg.width)),
         "encoder": ("kldiv.nn.GaussianEncoder", dict(image_shape=shape, latent_dim=cfg.latent_dim, width=cfg.width)),
-        "energy": ("kldiv.nn.EnergyX", dict(image_shape=shape, width=cfg.width, spectral_norm=True)),
+        "energy": ("kldiv.nn.EnergyX", dict(image_shape=shape, width=cfg.width, spectral_norm=cfg.spectral_norm)),
     }
-    nets = build_networks(architecture)
-    G, I, E = (run.prepare(nets[k]) for k in ("generator", "encoder", "energy"))
+
+
+def game(cfg: Config, G, I, E):
+    """The densities, the game, and which players form the lower and the upper level."""
+    from kldiv.nn import FrozenMeanEncoder, StandardNormalEncoder
 
     Q = DataDensity(I, name="Q")
     P = GeneratorDensity(G, latent_shape=cfg.latent_dim, sigma=cfg.sigma, synthesis="mean", name="P")
     Pi = DecoupledEBLVM(E, I, sampler=Importance("data", ratio=cfg.ratio), name="Π")  # eqs. 8, 15
-
-    lower = S(Pi, P)  # eq. 9
-    upper = KL(Q, Pi) - KL(P, Pi)  # eq. 10
+    if cfg.latent_term == "code" and cfg.offset:  # under generated pairs: the encoder's mean, frozen
+        Pi_P = DecoupledEBLVM(E, FrozenMeanEncoder(I, math.sqrt(cfg.latent_dim / 2)), name="Π'")
+        lower = KL(Pi, P) + KL(P, Pi_P)  # eq. 9, the code's latent term
+    else:
+        Pi_P = Pi
+        lower = S(Pi, P)  # eq. 9
+    upper = KL(Q, Pi) - KL(P, Pi_P)  # eq. 10
     if cfg.offset:  # eqs. 13-14
-        game = (
+        g = (
             lower.minimize(P, name="generator")
             .minimize(Q, objective=lower + upper, name="encoder")
             .minimize(Pi, objective=upper, name="ebm")
         )
-        lower_players, upper_players = ("generator", "encoder"), ("ebm",)
+        levels = ("generator", "encoder"), ("ebm",)
     elif cfg.encoder_upper == "kl":  # eqs. 11-12
-        game = lower.minimize(P, Q, name="lower").minimize(Pi, Q, objective=upper, name="upper")
-        lower_players, upper_players = ("lower",), ("upper",)
+        g = lower.minimize(P, Q, name="lower").minimize(Pi, Q, objective=upper, name="upper")
+        levels = ("lower",), ("upper",)
     else:  # §4.4: the upper level's inference term becomes KL(q(h|v) || p(h)), v ~ P
-        from kldiv.nn import StandardNormalEncoder
-
         Q_gen = DataDensity(I, x=P, name="Q_P")
         prior = DataDensity(StandardNormalEncoder(cfg.latent_dim), x=P, name="N_P")
-        game = (
+        g = (
             lower.minimize(P, Q, name="lower")
             .minimize(Pi, objective=upper, name="upper")
             .minimize(Q_gen, objective=KL(Q_gen, prior), name="encoder-upper")
         )
-        lower_players, upper_players = ("lower",), ("upper", "encoder-upper")
-    step = game.compile()
+        levels = ("lower",), ("upper", "encoder-upper")
+    return g, dict(Q=Q, P=P, Pi=Pi, Pi_P=Pi_P, levels=levels)
 
+
+def optimizers(cfg: Config, step, nets: dict) -> tuple[dict, dict]:
+    """One Adam per player over the networks it trains, each network at its own rate."""
     betas = (cfg.beta1, cfg.beta2)
-    param = {"ebm": nets["energy"], "generator": nets["generator"], "encoder": nets["encoder"]}
-    lrs = {"ebm": cfg.lr_ebm, "generator": cfg.lr_gen, "encoder": cfg.lr_enc}
+    lrs = {"energy": cfg.lr_ebm, "generator": cfg.lr_gen, "encoder": cfg.lr_enc}
+    decay = {"energy": 0.0, "generator": cfg.weight_decay, "encoder": cfg.weight_decay}
     opts = {}
     for name, plan in step.plans.items():
         groups = [
-            {"params": list(param[k].parameters()), "lr": lrs[k]}
-            for k in ("ebm", "generator", "encoder")
-            if any(param[k] is m for m in plan.player.networks)
+            {"params": list(nets[k].parameters()), "lr": lrs[k], "weight_decay": decay[k]}
+            for k in ("energy", "generator", "encoder")
+            if any(nets[k] is m or getattr(m, "_orig_mod", None) is nets[k] for m in plan.player.networks)
         ]
         opts[name] = torch.optim.Adam(groups, betas=betas)
-    run.attach(step, nets, opts, architecture=architecture)
+    return opts, {k: torch.optim.lr_scheduler.ExponentialLR(o, cfg.decay) for k, o in opts.items()}
+
+
+def main(argv=None) -> Run:
+    cfg = parse_config(Config, argv, PRESETS)
+    run = Run(cfg, name="bidvl")
+    train = run.dataset()
+    architecture = networks(cfg, tuple(train[0][0].shape))
+    nets = build_networks(architecture)
+    G, I, E = (run.prepare(nets[k]) for k in ("generator", "encoder", "energy"))
+    g, parts = game(cfg, G, I, E)
+    step = g.compile()
+    lower_players, upper_players = parts["levels"]
+    opts, scheds = optimizers(cfg, step, nets)
+    run.attach(step, nets, opts, scheds, architecture=architecture)
     if run.is_main and run.step == 0:
         print(step.explain())
 
     fixed_z = torch.randn(100, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(run.device)
     for x in run.batches(train):  # Algorithm 1
-        for _ in range(cfg.lower_steps):  # lines 3-5: the lower level
-            r = step.round(x)
+        for i in range(cfg.lower_steps):  # lines 3-5: the lower level
+            r = step.round(x, values=run.logging and i == cfg.lower_steps - 1)
             for player in lower_players:
                 run.update(r, player)
         for player in upper_players:  # line 7: the upper level

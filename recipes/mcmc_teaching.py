@@ -17,15 +17,24 @@ Launch:
 
 Defaults follow the authors' code: Langevin without its noise term
 (``--no-noise``) and with a Gaussian reference of sigma 0.016, 15 steps of
-size 0.002 on CIFAR-10 (50 steps of 0.001 on MNIST), EBM Adam lr 0.009 with
-beta1 0.5, VAE lr 2e-4.  With the reference the EBM's density is
-exp f(x) N(x; 0, sigma_ref^2 I) / Z; the reference has no parameter, so it
-enters no gradient.
+size 0.002 on CIFAR-10 (50 steps of 0.001, 400 chains and a data batch of
+400 on MNIST), the EBM on Adam(lr 0.009, beta1 0.5), the VAE on Adam(lr 2e-4,
+1e-4 on MNIST, beta1 0.5), every network initialised N(0, 0.005).  With the
+reference the EBM's density is exp f(x) N(x; 0, sigma_ref^2 I) / Z; the
+reference has no parameter, so it enters no gradient.  The code's VAE loss
+is ``mean_b[sum (g(mu(x~)) - x~)^2 + w KL(q(z|x~) || N(0, I))]``: a decoder
+with sigma^2 = 1/2 and the closed-form KL weighted by w = 2 on CIFAR-10,
+3 on MNIST (``--kl-weight``), which the algebra writes
+KL(q_rev || p; z x w).  The energy is the authors' MNIST descriptor
+(`kldiv.nn.Descriptor`: 100 summed outputs, unbounded); ``--energy dcgan``
+is `kldiv.nn.EnergyX`, a single output, with which the chains of a step end
+at nearly the same image and training collapses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -39,8 +48,12 @@ class Config(RunConfig):
     """Variational MCMC teaching (Xie et al. 2021)."""
 
     latent_dim: int = option(100, "dimension of z")
-    width: int = option(64, "DCGAN channel width of every network")
-    sigma: float = option(0.3, "observation noise of p(x|z)")
+    width: int = option(64, "channel width of every network")
+    sigma: float = option(math.sqrt(0.5), "observation noise of p(x|z) (the code's squared error: 1/sqrt 2)")
+    kl_weight: float = option(2.0, "weight w of the VAE's KL (the code: 2 on CIFAR-10, 3 on MNIST)")
+    energy: str = option("descriptor", "energy network: the authors' MNIST descriptor or a DCGAN stack",
+                         choices=("descriptor", "dcgan"))
+    chains: int = option(0, "Langevin chains per step (0: the batch size; the code: 900 on CIFAR-10)")
     langevin_steps: int = option(15, "Langevin steps from each VAE sample")
     step_size: float = option(0.002, "Langevin step size delta")
     noise: bool = option(False, "add the Langevin noise term (the authors' code runs without)")
@@ -49,62 +62,89 @@ class Config(RunConfig):
     lr_vae: float = option(2e-4, "learning rate of the generator and the encoder")
     beta1: float = option(0.5, "Adam beta1")
     beta2: float = option(0.999, "Adam beta2")
-    spectral_norm: bool = option(False, "spectral normalisation in the energy network")
-    bounded: bool = option(False, "cap f <= 0 with -softplus (the 2020 energies) instead of the "
-                           "descriptor's unbounded scalar")
+    decay: float = option(0.98, "learning-rate decay every 20 epochs")
+    init_std: float = option(0.005, "standard deviation of every network's initial weights")
+    spectral_norm: bool = option(False, "spectral normalisation in the DCGAN energy network")
+    bounded: bool = option(False, "cap f <= 0 with -softplus in the DCGAN energy network")
 
 
+_MNIST = dict(langevin_steps=50, step_size=0.001, batch_size=400, lr_vae=1e-4, kl_weight=3.0)
 PRESETS = {
-    "mnist": dict(langevin_steps=50, step_size=0.001),
-    "fashion-mnist": dict(langevin_steps=50, step_size=0.001),
+    "mnist": _MNIST,
+    "fashion-mnist": _MNIST,
     "digits": dict(image_size=16, latent_dim=16, width=32, steps=1500, langevin_steps=30, step_size=0.001,
-                   sample_every=500, checkpoint_every=500),
+                   lr_vae=1e-4, kl_weight=3.0, sample_every=500, checkpoint_every=500),
 }
 
 
-def main(argv=None) -> Run:
-    cfg = parse_config(Config, argv, PRESETS)
-    run = Run(cfg, name="mcmc_teaching")
-    train = run.dataset()
-    shape = tuple(train[0][0].shape)
-
-    architecture = {
-        "generator": ("kldiv.nn.Generator", dict(latent_dim=cfg.latent_dim, image_shape=shape, width=cfg.width)),
-        "encoder": ("kldiv.nn.GaussianEncoder", dict(image_shape=shape, latent_dim=cfg.latent_dim, width=cfg.width)),
-        "energy": ("kldiv.nn.EnergyX", dict(image_shape=shape, width=cfg.width, spectral_norm=cfg.spectral_norm,
-                                            bounded=cfg.bounded)),
+def networks(cfg: Config, shape: tuple[int, ...]) -> dict:
+    """How to build the generator, the encoder and the descriptor (see `kldiv.train.build_networks`)."""
+    init = dict(init_std=cfg.init_std)
+    if cfg.energy == "descriptor":
+        energy = ("kldiv.nn.Descriptor", dict(image_shape=shape, width=cfg.width, **init))
+    else:
+        energy = ("kldiv.nn.EnergyX", dict(image_shape=shape, width=cfg.width, spectral_norm=cfg.spectral_norm,
+                                           bounded=cfg.bounded, **init))
+    return {
+        "generator": ("kldiv.nn.Generator", dict(latent_dim=cfg.latent_dim, image_shape=shape, width=cfg.width,
+                                                 **init)),
+        "encoder": ("kldiv.nn.GaussianEncoder", dict(image_shape=shape, latent_dim=cfg.latent_dim,
+                                                     width=cfg.width, **init)),
+        "energy": energy,
     }
-    nets = build_networks(architecture)
-    G, I, E = (run.prepare(nets[k]) for k in ("generator", "encoder", "energy"))
 
+
+def game(cfg: Config, G, I, E):
+    """The densities and the game: the EBM by maximum likelihood, the VAE on the revised samples."""
     p = GeneratorDensity(G, latent_shape=cfg.latent_dim, sigma=cfg.sigma, synthesis="mean")  # x^ = g(z^)
     langevin = Langevin(cfg.langevin_steps, cfg.step_size, init=p, noise=cfg.noise,
                         sigma_ref=cfg.sigma_ref or None)  # ancestral Langevin
     pi = MarginalEBM(E, sampler=langevin)
     q_data = DataDensity()  # the data, over x
     q_rev = DataDensity(I, x=pi, name="q_rev")  # the revised samples, taken as data, z ~ q(z|x)
-
-    game = (
+    g = (
         KL(q_data, pi).minimize(pi, name="ebm")  # maximum likelihood; log Z paid by Langevin
-        .minimize(p, q_rev, objective=KL(q_rev, p), name="vae")  # the VAE taught by the revised samples
+        .minimize(p, q_rev, objective=KL(q_rev, p, weights={"z": cfg.kl_weight}), name="vae")  # taught
     )
-    step = game.compile()
+    return g, dict(p=p, pi=pi, q_data=q_data, q_rev=q_rev)
 
+
+def optimizers(cfg: Config, nets: dict) -> tuple[dict, dict]:
+    """Adam for the EBM and for the VAE (generator and encoder together); the code's step decay."""
+    betas = (cfg.beta1, cfg.beta2)
     opts = {
-        "ebm": torch.optim.Adam(nets["energy"].parameters(), cfg.lr_ebm, betas=(cfg.beta1, cfg.beta2)),
+        "ebm": torch.optim.Adam(nets["energy"].parameters(), cfg.lr_ebm, betas=betas),
         "vae": torch.optim.Adam([*nets["generator"].parameters(), *nets["encoder"].parameters()], cfg.lr_vae,
-                                betas=(cfg.beta1, cfg.beta2)),
+                                betas=betas),
     }
-    run.attach(step, nets, opts, architecture=architecture)
+    return opts, {k: torch.optim.lr_scheduler.StepLR(o, 20, cfg.decay) for k, o in opts.items()}
+
+
+def main(argv=None) -> Run:
+    cfg = parse_config(Config, argv, PRESETS)
+    run = Run(cfg, name="mcmc_teaching")
+    train = run.dataset()
+    architecture = networks(cfg, tuple(train[0][0].shape))
+    nets = build_networks(architecture)
+    G, I, E = (run.prepare(nets[k]) for k in ("generator", "encoder", "energy"))
+    step = game(cfg, G, I, E)[0].compile()
+    opts, scheds = optimizers(cfg, nets)
+    run.attach(step, nets, opts, scheds, architecture=architecture)
+    pi = step.game["ebm"].named[0]
     if run.is_main and run.step == 0:
         print(step.explain())
 
     fixed_z = torch.randn(100, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(run.device)
     for x in run.batches(train):
-        r = step.round(x)  # z^ ~ N(0, I), x^ = g(z^), x~ = Langevin(x^): drawn once
+        # z^ ~ N(0, I), x^ = g(z^), x~ = Langevin(x^): drawn once
+        r = step.round(x, n=cfg.chains or None, values=run.logging)
         run.update(r, "ebm")
         run.update(r, "vae")
-        run.end_step()
+        if run.logging:
+            revised = r.samples(pi)["x"]
+            run.end_step(revised_min=float(revised.min()), revised_max=float(revised.max()))
+        else:
+            run.end_step()
         if run.should_sample():
             run.snapshot(G, fixed_z, I, x)
             run.save_images("revised", r.samples(pi)["x"][:100])

@@ -119,3 +119,97 @@ def test_latent_ebm_defaults_are_the_2020_code(player):
         "generator": _mse_sum(G(z_q.detach()), x) / B - E(G(z), z).mean(),
     }
     _assert_same_gradient(step, r, player, nets, losses[player])
+
+
+# ----------------------------------------------------------------------------------------
+# MCMC teaching, 2021
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("player", ["ebm", "vae"])
+def test_mcmc_teaching_defaults_are_the_2021_code(player):
+    """The EBM on mean f(revised) - mean f(data); the VAE on sum (g(z) - x~)^2 + w KL, w = 3 on the digits."""
+    cfg, nets, dens, step, r, x = _setup("mcmc_teaching", "--langevin-steps", "2")
+    assert cfg.kl_weight == 3.0 and abs(cfg.sigma**2 - 0.5) < 1e-12 and cfg.energy == "descriptor"
+    G, I, E = nets["generator"], nets["encoder"], nets["energy"]
+    x_rev = r.samples(dens["pi"])["x"]  # the Langevin-revised VAE samples
+    z = r.samples(dens["q_rev"])["z"]  # z ~ q(z | x~), reparameterised
+    q = I(x_rev).base_dist
+    kl = 0.5 * (q.loc.square() + q.scale.square() - 1 - 2 * q.scale.log()).sum(1)
+    losses = {
+        "ebm": E(x_rev).mean() - E(x).mean(),
+        "vae": ((G(z) - x_rev).square().flatten(1).sum(1) + cfg.kl_weight * kl).mean(),
+    }
+    _assert_same_gradient(step, r, player, nets, losses[player])
+
+
+# ----------------------------------------------------------------------------------------
+# BiDVL, 2022
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("player", ["ebm", "generator", "encoder"])
+def test_bidvl_defaults_are_the_2022_code(player):
+    """Upper: mean E(v) - mean E(G(h)); lower: mean E(G(h)) + sum ||mu_q(G(h)) - h||^2 / (B nz)
+    + r' [mse_sum(G(h_q), v) / B + mean KL(q(h|v) || N(0, I))], the encoder frozen in the latent term."""
+    cfg, nets, dens, step, r, x = _setup("bidvl", "--no-spectral-norm")
+    assert cfg.latent_term == "code" and cfg.offset and abs(cfg.sigma**2 - 0.5) < 1e-12
+    G, I, E = nets["generator"], nets["encoder"], nets["energy"]
+    h = r.samples(dens["P"])["z"]  # h ~ N(0, I)
+    h_q = r.samples(dens["Pi"])["z"]  # h ~ q(h | v), v the data, weighted by r'
+    gh = G(h)
+    frozen = {k: p.detach() for k, p in I.named_parameters()}
+    mu_gen = torch.func.functional_call(I, frozen, (gh,)).mean
+    q = I(x).base_dist
+    kl = 0.5 * (q.loc.square() + q.scale.square() - 1 - 2 * q.scale.log()).sum(1)
+    lower = (-E(gh).mean() + (mu_gen - h).square().sum() / (B * NZ)
+             + cfg.ratio * (_mse_sum(G(h_q), x) / B + kl.mean()))
+    losses = {"ebm": -E(x).mean() + E(gh.detach()).mean(), "generator": lower, "encoder": lower}
+    _assert_same_gradient(step, r, player, nets, losses[player])
+
+
+def test_bidvl_paper_latent_term_is_the_symmetric_divergence():
+    """--latent-term paper: the lower level is S(Pi, P) and the generator's latent term is -log q(h|v)."""
+    cfg, nets, dens, step, r, x = _setup("bidvl", "--no-spectral-norm", "--latent-term", "paper")
+    assert str(step.game["generator"].objective) == "S(Π, P)"
+    G, I, E = nets["generator"], nets["encoder"], nets["energy"]
+    h = r.samples(dens["P"])["z"]
+    h_q = r.samples(dens["Pi"])["z"]
+    gh = G(h)
+    lower = -E(gh).mean() - I(gh).log_prob(h).mean() + cfg.ratio * _mse_sum(G(h_q), x) / B
+    _assert_same_gradient(step, r, "generator", nets, lower)
+
+
+# ----------------------------------------------------------------------------------------
+# Work: values only when asked
+# ----------------------------------------------------------------------------------------
+def _count(nets, run_step):
+    counts = {k: 0 for k in nets}
+    handles = [m.register_forward_hook(lambda mod, a, o, k=k: counts.__setitem__(k, counts[k] + 1))
+               for k, m in nets.items()]
+    run_step()
+    for h in handles:
+        h.remove()
+    return counts["generator"], counts["encoder"], counts["energy"]
+
+
+@pytest.mark.parametrize(("values", "expected"), [(False, (2, 3, 3)), (True, (2, 4, 4))])
+def test_sequential_triangle_step_runs_value_terms_only_when_asked(values, expected):
+    """E, I, G in turn on one round: G runs on z and z_q; I on x, on G(z) for the encoder's sleep
+    term and again on G(z) for the generator's, after the encoder's update; E on x and G(z), and on
+    G(z) again after its own update. The value-only terms (E_Q[f] for the encoder, E_Q[log q] for
+    the generator), wanted on logged steps only, cost one more pass of I and of E."""
+    cfg, nets, dens, step, r, x = _setup("triangle")
+    opts = {name: torch.optim.SGD(step.parameters(name), lr=1e-3) for name in step.plans}
+    step(x)  # the first step also validates; count a later one
+
+    def sequential():
+        rr = step.round(x, values=values)
+        for name in ("ebm", "encoder", "generator"):
+            opts[name].zero_grad()
+            rr.backward(name)
+            opts[name].step()
+
+    assert _count(nets, sequential) == expected
+
+
+def test_simultaneous_latent_ebm_step_runs_each_network_the_minimum_number_of_times():
+    cfg, nets, dens, step, r, x = _setup("latent_ebm", "--no-spectral-norm")
+    step(x)
+    assert _count(nets, lambda: step(x).backward()) == (2, 1, 2)  # g(z), g(z_q); q(z|x); f(x, z_q), f(g(z), z)
