@@ -327,7 +327,7 @@ def _closed_form(alive: list[Merged]) -> list[Merged]:
             coef=m.coef,
             source=s,
             term=prior_kl_term(m.term, partner.term),
-            origins=m.origins + tuple((-c, o) for c, o in partner.origins),
+            origins=m.origins,  # they sum to the fused coefficient
         )
         out[out.index(m)] = fused
         out.remove(partner)

@@ -535,7 +535,10 @@ def prior_kl_term(conditional: Term, prior: Term) -> Term:
                 return torch.distributions.kl_divergence(q, std)
             except NotImplementedError:
                 pass
-        return q.log_prob(z) - _standard_normal_log_prob(z)
+        log_q = q.log_prob(z)
+        if log_q.dim() != 1:  # not one value per sample: left for the first-step shape check to name
+            return log_q
+        return log_q - _standard_normal_log_prob(z)
 
     return Term(
         key=("prior_kl", conditional.key, prior.key),
