@@ -136,11 +136,12 @@ def optimizers(cfg: Config, step, nets: dict) -> tuple[dict, dict]:
     lrs = {"energy": cfg.lr_ebm, "generator": cfg.lr_gen, "encoder": cfg.lr_enc}
     decay = {"energy": 0.0, "generator": cfg.weight_decay, "encoder": cfg.weight_decay}
     opts = {}
-    for name, plan in step.plans.items():
+    for name in step.plans:
+        trained = {id(p) for p in step.parameters(name)}  # the same tensors, compiled or not
         groups = [
             {"params": list(nets[k].parameters()), "lr": lrs[k], "weight_decay": decay[k]}
             for k in ("energy", "generator", "encoder")
-            if any(nets[k] is m or getattr(m, "_orig_mod", None) is nets[k] for m in plan.player.networks)
+            if any(id(p) in trained for p in nets[k].parameters())
         ]
         opts[name] = torch.optim.Adam(groups, betas=betas)
     return opts, {k: torch.optim.lr_scheduler.ExponentialLR(o, cfg.decay) for k, o in opts.items()}
