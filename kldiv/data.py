@@ -44,6 +44,7 @@ __all__ = [
     "DATASETS",
     "TOY_2D",
     "AnomalySplit",
+    "anomaly_split",
     "DatasetNotFoundError",
     "ImageTensorDataset",
     "digits_dataset",
@@ -414,6 +415,57 @@ def mnist_anomaly_split(
         test_digits=digits[test_index],
         train_index=train_index,
         test_index=test_index,
+    )
+
+
+def anomaly_split(
+    name: str,
+    root: str | Path,
+    held_out: int,
+    *,
+    download: bool = False,
+    image_size: int | None = None,
+) -> AnomalySplit:
+    r"""One class held out as the anomaly, for any labelled data set.
+
+    For ``"mnist"`` this is [`mnist_anomaly_split`][kldiv.data.mnist_anomaly_split],
+    the protocol of the anomaly-detection papers (80% of the pooled normal
+    images for training).  For the other labelled sets (``"digits"``,
+    ``"fashion-mnist"``, ``"cifar10"``, ``"svhn"``) it keeps the set's own
+    train / test split: the training set is the training images of every
+    other class, the test set every test image, labelled 1 for the held-out
+    class (in the test split's order).
+
+    Arguments:
+        name: the data set (see [`load_dataset`][kldiv.data.load_dataset]).
+        root: the folder holding it (ignored for ``"digits"``).
+        held_out: the anomalous class, one of the set's labels.
+        download: let torchvision fetch missing files.
+        image_size: resize the images; ``None`` keeps their size.
+
+    Raises:
+        ValueError: ``held_out`` is not one of the set's classes, or the set
+            (CelebA) has no single class per image.
+    """
+    key = _canonical(name)
+    if key == "mnist":
+        return mnist_anomaly_split(root, held_out, download=download, image_size=image_size)
+    if key == "celeba":
+        raise ValueError("celeba has attributes, not one class per image: it has no hold-out-class split")
+    train, test = (load_dataset(key, root, train=t, download=download, image_size=image_size) for t in (True, False))
+    classes = sorted(set(train.labels.tolist()))
+    if held_out not in classes:
+        raise ValueError(f"held_out must be one of {key}'s classes {classes[0]}..{classes[-1]}, got {held_out!r}")
+    keep = train.labels != held_out
+    labels = (test.labels == held_out).long()
+    return AnomalySplit(
+        held_out=int(held_out),
+        train=ImageTensorDataset(train.images[keep], train.labels[keep]),
+        test=ImageTensorDataset(test.images, labels),
+        test_labels=labels,
+        test_digits=test.labels,
+        train_index=torch.nonzero(keep).flatten(),
+        test_index=torch.arange(len(test.labels)),
     )
 
 

@@ -14,6 +14,7 @@ from kldiv.data import (
     DATASETS,
     TOY_2D,
     DatasetNotFoundError,
+    anomaly_split,
     digits_dataset,
     infinite_batches,
     load_dataset,
@@ -331,3 +332,23 @@ def test_infinite_batches_run_past_an_epoch():
     assert torch.equal(next(a), next(b))
     with pytest.raises(ValueError, match="fewer than one batch"):
         next(infinite_batches(ds, 1000))
+
+
+def test_hold_out_split_of_any_labelled_set_keeps_its_own_train_and_test_parts():
+    split = anomaly_split("digits", "unused", 3, image_size=8)
+    train, test = digits_dataset(8, train=True), digits_dataset(8, train=False)
+    assert 3 not in split.train.labels.tolist()
+    assert len(split.train) == int((train.labels != 3).sum())
+    assert torch.equal(split.test.images, test.images)
+    assert torch.equal(split.test_labels, (test.labels == 3).long()) and torch.equal(split.test_digits, test.labels)
+    assert torch.equal(split.train.images, train.images[split.train_index])
+    with pytest.raises(ValueError, match="held_out must be one of digits's classes 0..9"):
+        anomaly_split("digits", "unused", 10)
+    with pytest.raises(ValueError, match="celeba has attributes"):
+        anomaly_split("celeba", "unused", 1)
+
+
+@needs_mnist
+def test_hold_out_split_of_mnist_is_the_anomaly_protocol(split_1):
+    split = anomaly_split("mnist", SHARED_DATA, 1)
+    assert torch.equal(split.test_index, split_1.test_index) and torch.equal(split.train_index, split_1.train_index)

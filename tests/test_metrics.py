@@ -220,6 +220,36 @@ def test_latent_ebm_scores_use_the_encoder_mean():
     assert encoder.training  # restored
 
 
+class LinearGenerator(nn.Module):
+    def __init__(self, latent_dim, shape):
+        super().__init__()
+        self.shape = shape
+        self.lin = nn.Linear(latent_dim, math.prod(shape), bias=False)
+
+    def forward(self, z):
+        return self.lin(z).view(-1, *self.shape)
+
+
+def test_negative_elbo_scores_match_the_closed_form_of_a_linear_gaussian_vae():
+    torch.manual_seed(0)
+    x = torch.randn(12, 1, 2, 2)
+    encoder, generator, sigma = GaussianEncoder(4, 3), LinearGenerator(3, (1, 2, 2)), 0.7
+    scores = metrics.negative_elbo_scores(generator, encoder, x, sigma=sigma, samples=4000, batch_size=5)
+    with torch.no_grad():  # E||x - W(mu + eps)||^2 = ||x - W mu||^2 + ||W||_F^2, KL = ||mu||^2 / 2
+        mu, w = encoder.loc(x.flatten(1)), generator.lin.weight
+        sse = (x.flatten(1) - mu @ w.T).square().sum(1) + w.square().sum()
+        exact = 0.5 * sse / sigma**2 + 2 * math.log(2 * math.pi * sigma**2) + 0.5 * mu.square().sum(1)
+    torch.testing.assert_close(scores, exact, rtol=0.02, atol=0.0)
+    again = metrics.negative_elbo_scores(generator, encoder, x, sigma=sigma, samples=4000, batch_size=5)
+    assert torch.equal(scores, again)  # seeded draws
+    assert encoder.training and generator.training  # restored
+    for bad in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="sigma must be a positive number"):
+            metrics.negative_elbo_scores(generator, encoder, x, sigma=bad)
+    with pytest.raises(ValueError, match="samples must be a positive int"):
+        metrics.negative_elbo_scores(generator, encoder, x, sigma=1.0, samples=0)
+
+
 def test_scores_feed_auroc_end_to_end():
     torch.manual_seed(0)
     in_images = 0.1 * torch.randn(50, 1, 4, 4)
