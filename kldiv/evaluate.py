@@ -1,14 +1,21 @@
-"""Evaluate a training run from its checkpoint alone: ``python -m kldiv.evaluate RUN_DIR``.
+r"""Evaluate a training run from its checkpoint alone: ``python -m kldiv.evaluate RUN_DIR``.
 
 The checkpoint a recipe writes names its networks' classes and arguments, its
 data set and its config, so every metric that applies can be computed:
 
 | metric | when | how |
 | --- | --- | --- |
-| reconstruction RMSE | a generator and an encoder | test images against $g(\\mu_\\phi(x))$, in $[-1, 1]$ units |
+| reconstruction RMSE | a generator and an encoder | test images against $g(\mu_\phi(x))$, in $[-1, 1]$ units |
 | Fréchet distance, MNIST classifier | grey images | generated samples against the test set, in the classifier's features (images resized to 28×28) |
 | FID | ``--fid-weights`` given | generated samples against the test set, Inception features |
-| OOD AUROC | an energy network | test set against the other data sets at hand, uniform noise and constant images |
+| OOD AUROC | an energy network, or a generator and an encoder | test set against the other data sets at hand, uniform noise and constant images |
+| anomaly AUPRC | a run with ``--hold-out C`` | the held-out class against the normal test images |
+
+The score of an image (higher: more anomalous) is the model's own: the energy
+at the encoder mean $-f(x, \mu_\phi(x))$ for a latent EBM, the energy
+$-f(x)$ for an EBM on $x$, and the negative ELBO for a VAE without an energy.
+A run trained with ``--hold-out C`` is compared with the normal test images
+(the held-out class left out) for every other metric.
 
 It writes ``evaluation.json`` and ``energy_histograms.png`` into the run
 directory and prints the report.
@@ -28,10 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from kldiv import metrics
-from kldiv.data import DatasetNotFoundError, load_dataset
+from kldiv.data import DatasetNotFoundError, anomaly_split, load_dataset
 from kldiv.train import build_networks, load_checkpoint
 
-__all__ = ["evaluate", "main"]
+__all__ = ["evaluate", "load_run", "main", "scorer"]
 
 # Out-of-distribution sets to try for each training set (those whose files are present).
 OOD_SETS = {
@@ -53,6 +60,44 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def load_run(run_dir: str | Path, *, device: str = "cpu", ema: bool = True) -> tuple[dict, dict, str]:
+    """A run's checkpoint, its networks (in eval mode, on ``device``) and which weights they hold.
+
+    Returns:
+        ``(state, networks, weights)``: the checkpoint dictionary, the rebuilt
+        networks by name, and ``"last step"`` or ``"moving average (decay d)"``
+        (with ``ema`` and a run that kept one, ``--ema``).
+    """
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=device)
+    nets = build_networks({k: tuple(v) for k, v in state["architecture"].items()})
+    averaged = ema and "ema" in state
+    for name, net in nets.items():
+        net.load_state_dict((state["ema"] if averaged else state["networks"])[name])
+        net.to(device).eval()
+    return state, nets, f"moving average (decay {state['config']['ema']})" if averaged else "last step"
+
+
+def scorer(nets: dict, cfg: dict, device: str = "cpu"):
+    """The model's anomaly score (higher: more anomalous) and its formula, or ``(None, None)``.
+
+    The energy at the encoder mean for a latent EBM (``EnergyXZ``), the energy
+    for an EBM on $x$, the negative ELBO for a generator and an encoder alone.
+
+    Arguments:
+        nets: the networks by name (``generator``, ``encoder``, ``energy``).
+        cfg: the run's config (``sigma`` for the negative ELBO).
+        device: where to run them.
+    """
+    G, I, E = nets.get("generator"), nets.get("encoder"), nets.get("energy")
+    if E is not None:
+        if type(E).__name__ == "EnergyXZ":
+            return (lambda x: metrics.latent_ebm_scores(E, I, x, device=device)), "-f(x, mu_q(x))"
+        return (lambda x: metrics.marginal_ebm_scores(E, x, device=device)), "-f(x)"
+    if G is not None and I is not None and "sigma" in cfg:
+        return (lambda x: metrics.negative_elbo_scores(G, I, x, sigma=cfg["sigma"], device=device)), "-ELBO(x)"
+    return None, None
+
+
 @torch.no_grad()
 def evaluate(
     run_dir: str | Path,
@@ -63,6 +108,7 @@ def evaluate(
     fid_weights: str | None = None,
     device: str = "cpu",
     download: bool = False,
+    ema: bool = True,
 ) -> dict:
     """Compute every metric that applies to a run; returns the report (also written as JSON).
 
@@ -74,20 +120,30 @@ def evaluate(
         fid_weights: the FID Inception weights file; FID is skipped without it.
         device: where to run the networks.
         download: let torchvision fetch missing data sets.
+        ema: score the moving average of the weights when the run kept one
+            (``--ema``); ``False``: the weights of the last step.
     """
     run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir / "checkpoint.pt", map_location=device)
+    state, nets, weights = load_run(run_dir, device=device, ema=ema)
     cfg = state["config"]
-    nets = build_networks({k: tuple(v) for k, v in state["architecture"].items()})
-    for name, net in nets.items():
-        net.load_state_dict(state["networks"][name])
-        net.to(device).eval()
     root = data_root or cfg["data_root"]
     size = cfg.get("image_size") or None
-    test = _images(load_dataset(cfg["data"], root, train=False, download=download, image_size=size), test_images)
-    test = test.to(device)
+    held_out = cfg.get("hold_out", -1)
+    anomalies = None
+    if held_out >= 0:
+        split = anomaly_split(cfg["data"], root, held_out, download=download, image_size=size)
+        images, labels = split.test.tensors()
+        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:test_images]
+        images, labels = images[keep], labels[keep]
+        test, anomalies = images[labels == 0].to(device), images[labels == 1].to(device)
+    else:
+        test = _images(load_dataset(cfg["data"], root, train=False, download=download, image_size=size), test_images)
+        test = test.to(device)
     report: dict = {"run": str(run_dir), "recipe": state.get("recipe"), "step": state["step"], "data": cfg["data"],
-                    "test_images": len(test)}
+                    "test_images": len(test),
+                    "weights": weights}
+    if anomalies is not None:
+        report["held_out"] = held_out
 
     G, I, E = nets.get("generator"), nets.get("encoder"), nets.get("energy")
     if G is not None and I is not None:
@@ -108,15 +164,13 @@ def evaluate(
         if fid_weights is not None:
             report["fid"] = metrics.inception_fid(test, fake, fid_weights, device=device)
 
-    if E is not None:
-        latent_ebm = state["architecture"]["energy"][0].endswith("EnergyXZ")
-
-        def score(x):
-            if latent_ebm:
-                return metrics.latent_ebm_scores(E, I, x, device=device)
-            return metrics.marginal_ebm_scores(E, x, device=device)
-
+    score, score_name = scorer(nets, cfg, device)
+    if score is not None:
         s_in = score(test)
+        if anomalies is not None:
+            s_out = score(anomalies)
+            labels = torch.cat([torch.zeros(len(s_in)), torch.ones(len(s_out))])
+            report["anomaly_auprc"] = metrics.anomaly_auprc(torch.cat([s_in, s_out]), labels)
         g = torch.Generator().manual_seed(1)
         shape = (min(len(test), 2000), *test.shape[1:])
         ood = {
@@ -135,12 +189,14 @@ def evaluate(
                 x = x.mean(1, keepdim=True) if test.shape[1] == 1 else x.expand(-1, test.shape[1], -1, -1)
             ood[name] = _resize(x, test.shape[-1])
         scores = {name: score(x.to(device)) for name, x in ood.items()}
-        report["ood_score"] = "-f(x, mu_q(x))" if latent_ebm else "-f(x)"
+        report["ood_score"] = score_name
         report["ood_auroc"] = {name: metrics.ood_auroc(s_in, s) for name, s in scores.items()}
         if skipped:
             report["ood_skipped"] = skipped
+        if anomalies is not None:
+            scores = {f"held-out class {held_out}": s_out, **scores}
         metrics.plot_energy_histograms(s_in, scores, run_dir / "energy_histograms.png",
-                                       in_name=f"{cfg['data']} test")
+                                       in_name=f"{cfg['data']} test", xlabel=f"score {score_name}")
     (run_dir / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -154,9 +210,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--fid-weights", default=None, help=f"FID Inception weights ({metrics.FID_WEIGHTS_FILENAME})")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--download", action="store_true", help="let torchvision fetch missing data sets")
+    ap.add_argument("--no-ema", dest="ema", action="store_false",
+                    help="score the last step's weights, not their moving average (runs with --ema)")
     args = ap.parse_args(argv)
     report = evaluate(args.run_dir, data_root=args.data_root, samples=args.samples, test_images=args.test_images,
-                      fid_weights=args.fid_weights, device=args.device, download=args.download)
+                      fid_weights=args.fid_weights, device=args.device, download=args.download, ema=args.ema)
     print(json.dumps(report, indent=2))
     return report
 

@@ -81,6 +81,7 @@ class RunConfig:
     data_root: str = option("data", "where the data set's files are (torchvision layout)")
     download: bool = option(False, "download the data set into --data-root if missing")
     image_size: int = option(0, "resize images to this size (0: the data set's own)")
+    hold_out: int = option(-1, "train without this class, the anomaly (kldiv.data.anomaly_split; -1: every class)")
     batch_size: int = option(100, "mini-batch size per process")
     steps: int = option(1000, "number of training rounds (one update of every player each)")
     seed: int = option(0, "random seed")
@@ -93,6 +94,8 @@ class RunConfig:
     sample_every: int = option(500, "write sample grids every this many steps")
     checkpoint_every: int = option(500, "write a checkpoint every this many steps")
     clip_grad: float = option(0.0, "clip every player's gradient norm at this value before its update (0: off)")
+    ema: float = option(0.0, "also keep an exponential moving average of every network's weights with this decay "
+                        "(e.g. 0.999); checkpointed, and what kldiv.evaluate scores (0: off)")
     num_workers: int = option(0, "data-loading worker processes")
 
 
@@ -298,12 +301,18 @@ class Run:
 
     # --- data and networks --------------------------------------------------------------
     def dataset(self, train: bool = True) -> Dataset:
-        """The config's data set: ``--data``, ``--data-root``, ``--download``, ``--image-size``."""
-        from kldiv.data import load_dataset
+        """The config's data set: ``--data``, ``--data-root``, ``--download``, ``--image-size``.
+
+        With ``--hold-out C`` the training set lacks class ``C`` and the test
+        set is labelled 1 for it (`kldiv.data.anomaly_split`)."""
+        from kldiv.data import anomaly_split, load_dataset
 
         cfg = self.cfg
-        return load_dataset(cfg.data, cfg.data_root, train=train, download=cfg.download,
-                            image_size=cfg.image_size or None)
+        size = cfg.image_size or None
+        if cfg.hold_out >= 0:
+            split = anomaly_split(cfg.data, cfg.data_root, cfg.hold_out, download=cfg.download, image_size=size)
+            return split.train if train else split.test
+        return load_dataset(cfg.data, cfg.data_root, train=train, download=cfg.download, image_size=size)
 
     def prepare(self, net: nn.Module) -> nn.Module:
         """Move a network to the device and, with ``--compile``, compile it.
@@ -374,6 +383,14 @@ class Run:
         bad = {k: v for k, v in self.clip.items() if not (math.isfinite(v) and v >= 0)}
         if bad:
             raise ValueError(f"gradient clipping norms must be finite and >= 0 (0: off), got {bad}")
+        self.ema: dict[str, nn.Module] = {}
+        if self.cfg.ema:
+            if not 0 < self.cfg.ema < 1:
+                raise ValueError(f"--ema is the decay of the moving average, in (0, 1) (0: off); got {self.cfg.ema}")
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            avg = get_ema_multi_avg_fn(self.cfg.ema)
+            self.ema = {k: AveragedModel(m, multi_avg_fn=avg, use_buffers=True) for k, m in self.networks.items()}
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -399,6 +416,8 @@ class Run:
             "step": self.step,
             "metrics": dict(self.metrics),
             "rng": _rng_state(),
+            **({"ema": {k: a.module.state_dict() for k, a in self.ema.items()},
+                "ema_updates": {k: int(a.n_averaged) for k, a in self.ema.items()}} if self.ema else {}),
         }
 
     def save(self) -> None:
@@ -422,6 +441,13 @@ class Run:
             s.load_state_dict(state["schedulers"][k])
         for k, s in self.extra_state.items():
             s.load_state_dict(state["extra"][k])
+        if self.ema:
+            if "ema" not in state:
+                raise ValueError(f"{self.checkpoint_path} was written without --ema: resume without it, "
+                                 "or start a new run with it")
+            for k, a in self.ema.items():
+                a.module.load_state_dict(state["ema"][k])
+                a.n_averaged.fill_(state["ema_updates"][k])
         self.step = int(state["step"])
         self.metrics = dict(state["metrics"])
         if self.world == 1:
@@ -534,6 +560,8 @@ class Run:
         """Close the step: log, checkpoint and step the per-epoch schedulers on schedule."""
         self.metrics.update({k: float(v) for k, v in extra.items()})
         self.step += 1
+        for k, a in self.ema.items():
+            a.update_parameters(self.networks[k])
         if self.schedulers and self.step % self.steps_per_epoch == 0:
             for s in self.schedulers.values():
                 s.step()

@@ -23,6 +23,8 @@ CASES = [
     ("bidvl", ["--no-offset", "--encoder-upper", "prior"]),
     ("mcmc_teaching", ["--langevin-steps", "3"]),
     ("mcmc_teaching", ["--langevin-steps", "3", "--noise", "--sigma-ref", "0"]),
+    ("vae", []),
+    ("vae", ["--kl-weight", "4", "--hold-out", "3", "--ema", "0.5"]),
 ]
 
 

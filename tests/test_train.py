@@ -144,3 +144,23 @@ def test_two_processes_match_one_process_on_the_doubled_batch(tmp_path):
     assert not torch.allclose(torch.nn.Linear(6, 2).weight, a["encoder"]["lin.weight"])
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5]  # only rank 0 writes
+
+
+def test_ema_is_the_moving_average_of_the_weights_and_resumes_exactly(tmp_path):
+    vae = load_recipe("vae")
+    straight = vae.main([*TINY, "--steps", "4", "--ema", "0.5", "--out", str(tmp_path / "a")])
+    state = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert state["ema_updates"] == {"generator": 4, "encoder": 4}
+    # decay 0.5: the first update copies the weights, then e <- 0.5 e + 0.5 w; it lags the last step
+    assert state["ema"]["encoder"].keys() == state["networks"]["encoder"].keys()
+    assert any(not torch.equal(state["ema"]["encoder"][k], v) for k, v in state["networks"]["encoder"].items())
+    vae.main([*TINY, "--steps", "2", "--ema", "0.5", "--out", str(tmp_path / "b")])
+    resumed = vae.main([*TINY, "--steps", "4", "--ema", "0.5", "--out", str(tmp_path / "b"), "--resume"])
+    for k in ("generator", "encoder"):
+        a, b = straight.ema[k].module.state_dict(), resumed.ema[k].module.state_dict()
+        assert all(torch.equal(a[n], b[n]) for n in a), k
+    vae.main([*TINY, "--steps", "2", "--out", str(tmp_path / "c")])
+    with pytest.raises(ValueError, match="without --ema"):
+        vae.main([*TINY, "--steps", "3", "--ema", "0.9", "--out", str(tmp_path / "c"), "--resume"])
+    with pytest.raises(ValueError, match=r"--ema is the decay"):
+        vae.main([*TINY, "--steps", "1", "--ema", "1.5", "--out", str(tmp_path / "d")])
