@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from kldiv.evaluate import main as evaluate_main
 from recipe_runner import REPO, load_recipe, load_script
@@ -31,12 +32,46 @@ def test_evaluate_a_run_from_its_checkpoint(recipe, score, tmp_path):
     assert (out / "energy_histograms.png").stat().st_size > 1000
 
 
+def test_evaluate_scores_a_vae_by_its_negative_elbo_and_a_held_out_class(tmp_path):
+    out = tmp_path / "vae"
+    load_recipe("vae").main([*TINY, "--hold-out", "7", "--ema", "0.5", "--out", str(out)])
+    report = evaluate_main([str(out), "--samples", "100", "--test-images", "200", "--data-root", str(SHARED)])
+    assert report["ood_score"] == "-ELBO(x)" and report["held_out"] == 7
+    assert 0 < report["anomaly_auprc"] <= 1
+    assert report["weights"] == "moving average (decay 0.5)"
+    assert report["test_images"] < 200  # the normal test images of the 200 drawn; the rest are anomalies
+    last = evaluate_main([str(out), "--samples", "100", "--test-images", "200", "--no-ema"])
+    assert last["weights"] == "last step" and last["reconstruction_rmse"] != report["reconstruction_rmse"]
+
+
 @pytest.mark.skipif(not (SHARED / "MNIST").exists(), reason="MNIST is not at ../shared/data")
-def test_anomaly_benchmark_writes_its_table(tmp_path):
+def test_anomaly_benchmark_trains_by_the_recipes_and_writes_its_table(tmp_path):
     module = load_script(REPO / "benchmarks" / "anomaly_mnist.py")
-    module.main(["--digits", "4", "--epochs", "1", "--average-last", "1", "--width", "4", "--latent-dim", "4",
-                 "--train-images", "200", "--test-images", "300", "--out", str(tmp_path), "--data-root", str(SHARED)])
+    module.main(["--digits", "4", "--epochs", "2", "--average-last", "2", "--epoch-steps", "3", "--width", "4",
+                 "--latent-dim", "4", "--test-images", "300", "--ema", "0.5", "--out", str(tmp_path),
+                 "--data-root", str(SHARED)])
     table = (tmp_path / "table.md").read_text()
     assert "| 4 | 0.337 | 0.723 |" in table and "python benchmarks/anomaly_mnist.py --digits 4" in table
+    assert "latent-ebm, EMA (kldiv)" in table
     result = json.loads((tmp_path / "digit4.json").read_text())
-    assert set(result) == {"latent-ebm", "vae"} and all(0 < r["auprc"] <= 1 for r in result.values())
+    assert set(result) == {"latent-ebm", "vae"}
+    for r in result.values():
+        assert len(r["auprc_per_epoch"]) == len(r["auprc_ema_per_epoch"]) == 2 and 0 < r["auprc"] <= 1
+    # the recipe ran to epoch 1, then resumed for epoch 2: one run, six steps
+    state = torch.load(tmp_path / "digit4" / "latent-ebm" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 6 and state["config"]["hold_out"] == 4
+
+
+@pytest.mark.skipif(not (SHARED / "MNIST").exists(), reason="MNIST is not at ../shared/data")
+def test_scoreboard_trains_every_model_by_its_recipe_and_judges_the_claims(tmp_path):
+    module = load_script(REPO / "benchmarks" / "scoreboard.py")
+    rows = module.main(["--steps", "2", "--width", "4", "--latent-dim", "4", "--test-images", "300",
+                        "--samples", "100", "--models", "vae", "latent-ebm", "mcmc-teaching",
+                        "--mcmc-args", "--langevin-steps 2", "--out", str(tmp_path), "--data-root", str(SHARED)])
+    assert set(rows) == {"vae", "latent-ebm", "mcmc-teaching"}
+    assert all(0 < r["auprc"] <= 1 and r["fd"] > 0 for r in rows.values())
+    assert rows["vae"]["score"] == "-ELBO(x)" and rows["mcmc-teaching"]["fd_revised"] > 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| VAE |" in table and "Joint training (latent EBM (2020))" in table
+    assert "revised samples beat its VAE's" in table
+    assert (tmp_path / "scoreboard.png").stat().st_size > 1000

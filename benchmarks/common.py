@@ -1,0 +1,29 @@
+"""What the benchmarks share: the models they train, each by its own recipe (``recipes/*.py``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = REPO.parent / "shared" / "data"
+
+# model name -> (recipe, its title)
+MODELS = {
+    "vae": ("vae", "VAE"),
+    "latent-ebm": ("latent_ebm", "latent EBM (2020)"),
+    "triangle": ("triangle", "triangle (2019)"),
+    "bidvl": ("bidvl", "BiDVL (2022)"),
+    "mcmc-teaching": ("mcmc_teaching", "MCMC teaching (2021)"),
+}
+
+
+def load_recipe(name: str):
+    """A recipe script as a module (its ``Config``, ``networks``, ``game``, ``optimizers``, ``main``)."""
+    path = REPO / "recipes" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"kldiv_recipe_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
