@@ -98,7 +98,7 @@ class Divergence:
                     f"but the densities are over ({', '.join(self.a.variables)}); weigh one of those"
                 )
             if not (isinstance(w, float) and math.isfinite(w) and w > 0):
-                raise ValueError(
+                raise CompileError(
                     f"{self._name}({self.a.name}, {self.b.name}): the weight of {v!r} must be a "
                     f"finite positive number, got {w!r}"
                 )
@@ -172,8 +172,16 @@ class Expression:
     def __init__(self, items: Iterable[tuple[float, Divergence]] = ()):
         collected: dict[tuple, list] = {}
         for coef, div in items:
+            if isinstance(coef, bool) or not isinstance(coef, numbers.Real) or not math.isfinite(coef):
+                raise CompileError(
+                    f"the coefficient of {div} is {coef!r}: an expression's coefficients must be finite real "
+                    "numbers (check the scalar it was multiplied or divided by)"
+                )
             entry = collected.setdefault(div.key, [0.0, div])
             entry[0] += float(coef)
+        for c, d in collected.values():
+            if not math.isfinite(c):
+                raise CompileError(f"the coefficients of {d} sum to {c}: an expression's coefficients must be finite")
         self.items: tuple[tuple[float, Divergence], ...] = tuple(
             (c, d) for c, d in collected.values() if c != 0.0
         )
@@ -207,6 +215,8 @@ class Expression:
     def __truediv__(self, scalar: float) -> Expression:
         if not isinstance(scalar, numbers.Real):
             return NotImplemented
+        if scalar == 0:
+            raise CompileError(f"cannot divide {self} by zero: an expression's coefficients must be finite")
         return self * (1.0 / float(scalar))
 
     # --- reading --------------------------------------------------------------------

@@ -45,6 +45,7 @@ from kldiv.algebra import Contribution, Expression
 from kldiv.densities import DataDensity, Density, Samples, Term, _EnergyBased, prior_kl_term
 from kldiv.errors import (
     CompileError,
+    InputError,
     IntractableError,
     NonFiniteError,
     ShapeError,
@@ -487,6 +488,8 @@ class Estimator:
             p.name: _plan(p, payers, self._namer, closed_form) for p in game.players
         }
         self._networks = {id(m): m for d in densities for m in d.networks().values()}
+        # the shape of z that each prior declares: every source's z must agree with it
+        self._declared = {"z": (d.latent_shape, d.name) for d in densities if isinstance(getattr(d, "latent_shape", None), tuple)}
         self._owners: dict[int, frozenset[str]] = {}
         for p in game.players:
             for m in p.networks:
@@ -494,7 +497,7 @@ class Estimator:
         self._wrappers: dict[int, nn.Module] = {}
         self._parameters = {name: plan.player.parameters() for name, plan in self.plans.items()}
         # terms and sources whose first output passed the shape and finiteness checks
-        self._checked: set[int] = set()
+        self._checked: set[Hashable] = set()
 
     def distribute(self, wrappers: Mapping[nn.Module, nn.Module]) -> None:
         """Route forward passes through wrappers such as ``DistributedDataParallel``.
@@ -527,9 +530,41 @@ class Estimator:
         then runs no network just to compute a number nobody reads."""
         if isinstance(inputs, Tensor):
             named = {"data": inputs, **named}
-        elif inputs is not None:
+        elif isinstance(inputs, Mapping):
             named = {**dict(inputs), **named}
+        elif inputs is not None:
+            raise InputError(f"a step takes a tensor batch or a mapping of named tensors, got {type(inputs).__name__}")
+        self._check_inputs(named)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise InputError(f"n, the number of samples, must be a positive int, got {n!r}")
         return Round(self, named, n=n, values=self.values if values is None else bool(values))
+
+    def _check_inputs(self, named: Mapping[str, object]) -> None:
+        """Refuse a batch no network can take, before any network runs: its type,
+        emptiness, dtype and device on every round, its finiteness on the first."""
+        ref = next((q for m in self._networks.values() for q in m.parameters()), None)
+        for name, x in named.items():
+            if not isinstance(x, Tensor):
+                raise InputError(f"the step's input {name!r} must be a tensor, got {type(x).__name__}")
+            if x.ndim == 0 or x.shape[0] == 0:
+                raise InputError(f"the step's input {name!r} is empty (shape {tuple(x.shape)}): "
+                                 "give a batch of at least one row")
+            if not x.dtype.is_floating_point:
+                raise InputError(
+                    f"the step's input {name!r} has dtype {x.dtype}; the densities take floating-point "
+                    "tensors (images in [-1, 1]: x.float() / 127.5 - 1 for uint8 pixels)"
+                )
+            if ref is not None and x.dtype != ref.dtype:
+                raise InputError(f"the step's input {name!r} is {x.dtype} and the networks are {ref.dtype}: "
+                                f"convert it with x.to({ref.dtype})")
+            if ref is not None and x.device != ref.device:
+                raise InputError(f"the step's input {name!r} is on {x.device} and the networks on "
+                                 f"{ref.device}: move it with x.to({str(ref.device)!r})")
+            if ("inputs",) not in self._checked and not torch.isfinite(x).all():
+                raise NonFiniteError(f"the step's input {name!r} holds NaN or infinite values; "
+                                     "clean the batch before the step")
+        if named:
+            self._checked.add(("inputs",))
 
     def __call__(
         self,
@@ -615,8 +650,32 @@ class StepOutput:
     round: Round
 
     def backward(self) -> None:
-        """Back-propagate each player's loss into that player's parameters only."""
+        """Back-propagate each player's loss into that player's parameters only.
+
+        A parameter trained by two players would receive the sum of their
+        gradients in its one ``.grad``; kldiv's rule is that each player's
+        optimiser steps with that player's gradient alone, so this refuses
+        such a game: back-propagate per player with `Round.backward` and step
+        in between, or use `kldiv.train.Run.update_all`, which keeps the
+        gradients apart.
+
+        Raises:
+            CompileError: two players of the step train the same parameter.
+        """
         names = list(self.losses)
+        est = self.round.estimator
+        owner: dict[int, str] = {}
+        for name in names:
+            for q in est.parameters(name):
+                other = owner.setdefault(id(q), name)
+                if other != name:
+                    raise CompileError(
+                        f"players {other!r} and {name!r} both train a parameter of "
+                        f"{est._namer([m for m in est._networks.values() if any(q is t for t in m.parameters())])}: "
+                        "StepOutput.backward would sum their gradients in one .grad. Back-propagate each "
+                        "player with round.backward(name) and step its optimiser before the next, or use "
+                        "kldiv.train.Run.update_all, which steps each optimiser with its own player's gradient."
+                    )
         for i, name in enumerate(names):
             self.round._backward(name, self.losses[name], retain_graph=i < len(names) - 1)
 
@@ -685,10 +744,34 @@ class Round:
         if hit is not None and hit.versions == versions:
             return hit.out
         wrapper = self.estimator._wrappers.get(id(module))
-        if wrapper is not None and not self.estimator._owners.get(id(module), frozenset()) <= self._done:
-            out = wrapper(*args)
-        else:
-            out = module(*args)
+        run = (wrapper if wrapper is not None and not self.estimator._owners.get(id(module), frozenset()) <= self._done
+               else module)
+        seen = ("call", id(module), tuple(tuple(a.shape) if isinstance(a, Tensor) else None for a in args))
+        if seen in self.estimator._checked:
+            out = run(*args)
+        else:  # the first run of a network on inputs of these shapes: a failure names it and what it was given
+            try:
+                out = run(*args)
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                if isinstance(err, (ShapeError, NonFiniteError)) or type(err).__module__.startswith("kldiv"):
+                    raise
+                name = self.estimator._namer([module])
+                if isinstance(err, ValueError) and str(err).startswith("Expected parameter"):
+                    raise NonFiniteError(
+                        f"network {name} gave a distribution with invalid parameters (NaN, inf or out of "
+                        f"range) when first run: {str(err).splitlines()[0]}. Check its initialisation."
+                    ) from err
+                given = ", ".join(f"{tuple(a.shape)} {a.dtype}" if isinstance(a, Tensor) else type(a).__name__
+                                  for a in args)
+                expects = "; ".join(f"{k} {getattr(module, k)}" for k in ("image_shape", "latent_dim")
+                                    if hasattr(module, k))
+                raise ShapeError(
+                    f"network {name} failed when first run, on inputs {given}"
+                    + (f" (it was built for {expects})" if expects else "")
+                    + f": {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Check that the "
+                    "batch's shape and the latent sizes of the encoder, the decoder and latent_shape agree."
+                ) from err
+            self.estimator._checked.add(seen)
         self._calls[key] = _Entry((module, args), versions, out)
         return out
 
@@ -817,6 +900,13 @@ class Round:
         for v, t in s.values.items():
             if t.shape[0] != s.n:
                 raise ShapeError(f"samples of {density.name}: {v} has {t.shape[0]} rows, expected {s.n}")
+            shape, owner = getattr(self.estimator, "_declared", {}).get(v, (None, None))
+            if shape is not None and tuple(t.shape[1:]) != shape:
+                raise ShapeError(
+                    f"{density.name} draws {v} of shape {tuple(t.shape[1:])} per sample "
+                    f"({density.describe_sampling()}), but {owner} declares latent_shape {shape}: "
+                    "give the encoder, the decoder and latent_shape the same latent size."
+                )
             if not torch.isfinite(t).all():
                 raise NonFiniteError(
                     f"samples of {v} from {density.name} ({density.describe_sampling()}) are not "
@@ -831,7 +921,8 @@ class _NoGame:
         self._networks = {id(m): m for d in Game.densities_of(density) for m in d.networks().values()}
         self._wrappers: dict[int, nn.Module] = {}
         self._owners: dict[int, frozenset[str]] = {}
-        self._checked: set[int] = set()
+        self._checked: set[Hashable] = set()
+        self._namer = _Namer(Game.densities_of(density))
         self.plans: dict[str, Plan] = {}
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "CompileError",
+    "InputError",
     "IntractableError",
     "NonFiniteError",
     "NotSampleableError",
@@ -39,3 +41,11 @@ class ShapeError(ValueError):
 
 class NonFiniteError(FloatingPointError):
     """A network output or a loss is NaN or infinite."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: corrupt, carrying code, or another run's; it is left untouched."""
+
+
+class InputError(TypeError, ValueError):
+    """A step's input that no network can take: not a tensor, empty, of the wrong dtype or device."""

@@ -35,7 +35,9 @@ import argparse
 import dataclasses
 import json
 import math
+import glob
 import os
+import pickle
 import random
 import sys
 import tempfile
@@ -50,7 +52,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kldiv.compiler import Estimator, Round
-from kldiv.errors import NonFiniteError
+from kldiv.errors import CheckpointError, NonFiniteError
 
 __all__ = [
     "Run",
@@ -77,7 +79,8 @@ def option(default, help: str, **kw):
 class RunConfig:
     """Options every recipe shares (a recipe subclasses it with its paper's defaults)."""
 
-    data: str = option("digits", "data set: digits (embedded), mnist, fashion-mnist, cifar10, svhn, celeba")
+    data: str = option("digits", "data set (digits is embedded)",
+                       choices=("digits", "mnist", "fashion-mnist", "cifar10", "svhn", "celeba"))
     data_root: str = option("data", "where the data set's files are (torchvision layout)")
     download: bool = option(False, "download the data set into --data-root if missing")
     image_size: int = option(0, "resize images to this size (0: the data set's own)")
@@ -94,9 +97,26 @@ class RunConfig:
     sample_every: int = option(500, "write sample grids every this many steps")
     checkpoint_every: int = option(500, "write a checkpoint every this many steps")
     clip_grad: float = option(0.0, "clip every player's gradient norm at this value before its update (0: off)")
+    max_loss: float = option(1e12, "stop, as on a NaN, when a player's loss exceeds this in magnitude "
+                             "(a diverging run; 0: no bound)")
     ema: float = option(0.0, "also keep an exponential moving average of every network's weights with this decay "
                         "(e.g. 0.999); checkpointed, and what kldiv.evaluate scores (0: off)")
     num_workers: int = option(0, "data-loading worker processes")
+
+    def __post_init__(self):
+        """Refuse values no run can use, naming the flag."""
+        at_least = {"batch_size": 1, "steps": 0, "log_every": 1, "sample_every": 1, "checkpoint_every": 1,
+                    "image_size": 0, "hold_out": -1, "num_workers": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+        for name in ("clip_grad", "max_loss"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0 (0: off), got {value!r}")
+        if not (0 <= self.ema < 1):
+            raise ValueError(f"--ema is the decay of the moving average, in (0, 1) (0: off); got {self.ema!r}")
 
 
 def parse_config(cls: type, argv: list[str] | None = None, presets: Mapping[str, Mapping] | None = None):
@@ -107,7 +127,7 @@ def parse_config(cls: type, argv: list[str] | None = None, presets: Mapping[str,
     embedded digits on a CPU); an option given on the command line always wins.
     """
     parser = argparse.ArgumentParser(
-        description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None
+        description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None, allow_abbrev=False
     )
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)
@@ -124,12 +144,15 @@ def parse_config(cls: type, argv: list[str] | None = None, presets: Mapping[str,
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
                                 help=f"{help_} (default: {default})", **meta)
     given = vars(parser.parse_args(argv))
-    cfg = cls(**given)
-    preset = dict((presets or {}).get(cfg.data, {}))
-    unknown = set(preset) - {f.name for f in fields}
-    if unknown:
-        raise ValueError(f"preset for {cfg.data!r} sets unknown options {sorted(unknown)}")
-    return dataclasses.replace(cfg, **{k: v for k, v in preset.items() if k not in given})
+    try:
+        cfg = cls(**given)
+        preset = dict((presets or {}).get(cfg.data, {}))
+        unknown = set(preset) - {f.name for f in fields}
+        if unknown:
+            raise TypeError(f"preset for {cfg.data!r} sets unknown options {sorted(unknown)}")
+        return dataclasses.replace(cfg, **{k: v for k, v in preset.items() if k not in given})
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def build_networks(architecture: Mapping[str, tuple[str, Mapping]]) -> dict[str, nn.Module]:
@@ -159,12 +182,15 @@ def save_checkpoint(path: str | Path, state: Mapping) -> None:
     process killed mid-write leaves the previous checkpoint intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in path.parent.glob(glob.escape(path.name) + ".*.tmp"):  # left by a writer that was killed
+        orphan.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(dict(state), fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the checkpoint from a teammate
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -177,12 +203,42 @@ def save_checkpoint(path: str | Path, state: Mapping) -> None:
         os.close(dir_fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only).
+
+    Raises:
+        FileNotFoundError: there is no file at ``path``.
+        CheckpointError: the file is truncated or corrupt, or holds objects
+            other than tensors and plain containers (code, which kldiv never
+            runs); the file is left as it is.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; start without --resume, or point --out at the run")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+        if "unsupported global" in str(err).lower():  # the pickle names a function or class to call
+            raise CheckpointError(
+                f"{path} holds objects other than tensors and plain containers, which could run code when "
+                "loaded; kldiv loads weights only. It was left as it is: use a checkpoint written by a kldiv "
+                "recipe, or start afresh in another --out."
+            ) from None
+        raise CheckpointError(
+            f"{path} cannot be read: it is truncated or corrupt ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'}). It was left as it is: move it away "
+            "and start afresh, or resume from a copy of an earlier checkpoint."
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dictionary. It was left "
+                              "as it is: point --out at a kldiv run, or move the file away.")
+    return state
 
 
 def _rng_state() -> dict:
@@ -274,6 +330,16 @@ class Run:
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if cuda else "gloo")
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if cfg.device != "auto":
+            try:
+                wanted = torch.device(cfg.device)
+            except RuntimeError:
+                raise ValueError(f"--device {cfg.device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+            if wanted.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"--device {cfg.device} asks for a GPU, and torch sees none here "
+                                 "(torch.cuda.is_available() is False): use --device cpu or auto")
+            if wanted.type == "cuda" and wanted.index is not None and wanted.index >= torch.cuda.device_count():
+                raise ValueError(f"--device {cfg.device}: there are {torch.cuda.device_count()} GPUs here")
         if cfg.device == "auto":
             self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
         elif cfg.device == "cuda" and self.world > 1:
@@ -291,8 +357,21 @@ class Run:
         self._t0 = time.perf_counter()
         self._bar = None
         self._last_saved: int | None = None
+        self._check_out_dir()
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+
+    def _check_out_dir(self) -> None:
+        """Refuse, before anything is written, an ``--out`` whose checkpoint belongs to another recipe."""
+        if not self.checkpoint_path.exists():
+            return
+        state = load_checkpoint(self.checkpoint_path)  # a corrupt file is named and left as it is
+        theirs = state.get("recipe")
+        if theirs != self.name:
+            raise CheckpointError(
+                f"{self.checkpoint_path} is a checkpoint of {theirs!r}, not of {self.name!r}; it was left as "
+                "it is. Give this run another --out, or move that checkpoint away."
+            )
 
     @property
     def is_main(self) -> bool:
@@ -385,8 +464,6 @@ class Run:
             raise ValueError(f"gradient clipping norms must be finite and >= 0 (0: off), got {bad}")
         self.ema: dict[str, nn.Module] = {}
         if self.cfg.ema:
-            if not 0 < self.cfg.ema < 1:
-                raise ValueError(f"--ema is the decay of the moving average, in (0, 1) (0: off); got {self.cfg.ema}")
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             avg = get_ema_multi_avg_fn(self.cfg.ema)
@@ -503,11 +580,23 @@ class Run:
 
     def update_all(self, r: Round) -> dict[str, float | None]:
         """Every player's gradient from the same parameters, then every optimiser
-        steps (a simultaneous schedule: one shared evaluation per round)."""
+        steps (a simultaneous schedule: one shared evaluation per round).
+
+        A network trained by two players is stepped by each player's optimiser
+        with that player's gradient alone (as in a sequential schedule, where
+        the second player's gradient is taken after the first one's update):
+        the gradients are kept apart, never summed."""
         names = list(self.estimator.plans)
+        grads: dict[str, list] = {}
         for name in names:
             self._backward(r, name)
+            params = self.estimator.parameters(name)
+            grads[name] = [q.grad for q in params]
+            for q in params:
+                q.grad = None
         for name in names:
+            for q, g in zip(self.estimator.parameters(name), grads[name]):
+                q.grad = g
             self.optimizers[name].step()
         return {name: self._record(r, name) for name in names}
 
@@ -524,6 +613,12 @@ class Run:
         if not bool(ok):
             what = "loss" if not bool(loss_ok) else "gradient"
             raise NonFiniteError(f"the {what} is not finite.\n{self._stop_note(player)}")
+        bound = self.cfg.max_loss
+        if bound > 0 and float(loss.detach().abs().max()) > bound:
+            raise NonFiniteError(
+                f"the loss is {float(loss.detach().abs().max()):.3g} in magnitude, beyond --max-loss {bound:g}: "
+                f"the run is diverging.\n{self._stop_note(player)}"
+            )
         max_norm = self.clip.get(player, 0.0)
         if max_norm > 0 and grads:
             norm = torch.nn.utils.clip_grad_norm_(self.estimator.parameters(player), max_norm)
@@ -532,13 +627,13 @@ class Run:
 
     def _stop_note(self, player: str) -> str:
         last = (
-            f"{self.checkpoint_path} (step {self._last_saved})"
+            f"{self.checkpoint_path} (after step {self._last_saved})"
             if self._last_saved is not None
             else f"{self.checkpoint_path} as it was" if self.cfg.resume else "none written yet"
         )
         return (
-            f"player {player!r} at step {self.step}: the run stops before updating. The last "
-            f"good checkpoint is {last}; resume from it with --resume, perhaps with a lower "
+            f"player {player!r} in step {self.step + 1} of {self.cfg.steps}: the run stops before updating. "
+            f"The last good checkpoint is {last}; resume from it with --resume, perhaps with a lower "
             "learning rate or --amp none."
         )
 

@@ -1,0 +1,320 @@
+"""A catalogue of bad inputs: each gets a kldiv error that says what to do, and nothing on disk is lost.
+
+Categories: expressions, games, the first step (batches, latent sizes,
+networks), recipe command lines, checkpoints, and the divergence guard. Each
+case asserts the error class, the words that tell the user what to do, and,
+where files are involved, the files before and after. A hypothesis test
+throws random malformed batches at a compiled step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import re
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kldiv import KL, DataDensity, GeneratorDensity, LatentEBM, S
+from kldiv import errors as kerr
+from kldiv.errors import CheckpointError, CompileError, InputError, NonFiniteError, ShapeError
+from kldiv.nn import EnergyXZ, GaussianEncoder, Generator
+from kldiv.train import load_checkpoint, save_checkpoint
+from recipe_runner import load_recipe
+
+TINY = ["--image-size", "8", "--latent-dim", "4", "--width", "4", "--batch-size", "16", "--log-every", "1"]
+SHAPE = (1, 8, 8)
+
+
+def densities(enc=4, dec=4, latent=4, energy=4):
+    q = DataDensity(GaussianEncoder(SHAPE, enc, width=4))
+    p = GeneratorDensity(Generator(dec, SHAPE, width=4), latent_shape=latent, sigma=1.0)
+    pi = LatentEBM(EnergyXZ(SHAPE, energy, width=4))
+    return q, p, pi
+
+
+def triangle(**sizes):
+    q, p, pi = densities(**sizes)
+    return (KL(q, p) + KL(p, pi) - KL(q, pi)).minimize(p, q).maximize(pi).compile()
+
+
+def files(folder):
+    """Every file under ``folder`` with its bytes."""
+    return {f.relative_to(folder): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+# ----------------------------------------------------------------------------------------
+# Expressions: finite real coefficients, valid weights
+# ----------------------------------------------------------------------------------------
+def _kl():
+    q, p, _ = densities()
+    return KL(q, p)
+
+
+EXPRESSIONS = {
+    "nan coefficient": (lambda: math.nan * _kl(), "must be finite real numbers"),
+    "infinite coefficient": (lambda: _kl() * math.inf, "must be finite real numbers"),
+    "division by zero": (lambda: _kl() / 0, "cannot divide"),
+    "coefficients that overflow": (lambda: (lambda kl: 1e308 * kl + 1e308 * kl)(_kl()), "sum to inf"),
+    "negative weight": (lambda: KL(*densities()[:2], weights={"z": -1.0}), "weight of 'z' must be a finite positive"),
+    "nan weight": (lambda: KL(*densities()[:2], weights={"z": math.nan}), "weight of 'z' must be a finite positive"),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPRESSIONS))
+def test_bad_expressions_are_refused_when_written(case):
+    build, words = EXPRESSIONS[case]
+    with pytest.raises(CompileError, match=re.escape(words)):
+        build()
+
+
+def test_a_weight_on_a_variable_the_densities_lack_is_refused():
+    with pytest.raises(kerr.VariableMismatchError, match="weighs the factors of 'w'(.|\n)*weigh one of those"):
+        KL(*densities()[:2], weights={"w": 2.0})
+
+
+def test_a_divergence_between_densities_over_different_variables_is_refused():
+    q, p, _ = densities()
+    from kldiv import MarginalEBM
+    from kldiv.nn import EnergyX
+
+    with pytest.raises(kerr.VariableMismatchError):
+        S(q, MarginalEBM(EnergyX(SHAPE, width=4)))
+
+
+# ----------------------------------------------------------------------------------------
+# Games: a network in two players
+# ----------------------------------------------------------------------------------------
+def test_a_parameter_in_two_players_is_refused_by_the_summing_backward():
+    q, p, _ = densities()
+    step = KL(q, p).minimize(p, name="a").minimize(p, objective=2 * KL(q, p), name="b").compile()
+    out = step(torch.randn(5, *SHAPE))
+    with pytest.raises(CompileError, match=r"players 'a' and 'b' both train a parameter of p.decoder(.|\n)*update_all"):
+        out.backward()
+
+
+def test_update_all_steps_each_optimiser_with_its_own_players_gradient(tmp_path):
+    from kldiv.train import Run, RunConfig
+
+    q, p, _ = densities()
+    step = KL(q, p).minimize(p, name="a").minimize(p, objective=2 * KL(q, p), name="b").compile()
+    G = p.decoder
+    run = Run(RunConfig(out=str(tmp_path), steps=1), name="two")
+    opts = {k: torch.optim.SGD(G.parameters(), lr=0.0) for k in ("a", "b")}
+    run.attach(step, {"generator": G}, opts)
+    x = torch.randn(5, *SHAPE)
+    torch.manual_seed(0)
+    r = step.round(x)
+    seen = {}
+    for name, opt in opts.items():  # record the gradient each optimiser steps with
+        opt.step = (lambda n: lambda *a, **k: seen.setdefault(n, [q.grad.clone() for q in G.parameters()]))(name)
+    run.update_all(r)
+    for ga, gb in zip(seen["a"], seen["b"]):
+        torch.testing.assert_close(gb, 2 * ga)  # b's gradient is twice a's, not their sum
+
+
+# ----------------------------------------------------------------------------------------
+# The first step: the batch, checked before any network runs; then the networks
+# ----------------------------------------------------------------------------------------
+BATCHES = {
+    "uint8 pixels": (torch.randint(0, 255, (5, *SHAPE), dtype=torch.uint8), InputError, "x.float() / 127.5 - 1"),
+    "float64": (torch.randn(5, *SHAPE, dtype=torch.float64), InputError, "x.to(torch.float32)"),
+    "integers": (torch.zeros(5, *SHAPE, dtype=torch.int64), InputError, "floating-point"),
+    "empty": (torch.zeros(0, *SHAPE), InputError, "at least one row"),
+    "a scalar": (torch.tensor(1.0), InputError, "empty"),
+    "NaN pixels": (torch.full((5, *SHAPE), math.nan), NonFiniteError, "clean the batch"),
+    "infinite pixels": (torch.full((5, *SHAPE), math.inf), NonFiniteError, "clean the batch"),
+    "three channels": (torch.randn(5, 3, 8, 8), ShapeError, "built for image_shape (1, 8, 8)"),
+    "another size": (torch.randn(5, 1, 16, 16), ShapeError, "built for image_shape (1, 8, 8)"),
+    "no channel axis": (torch.randn(5, 8, 8), ShapeError, "failed when first run"),
+    "a list": ([1.0, 2.0], InputError, "tensor batch or a mapping"),
+    "a mapping of non-tensors": ({"data": [1.0]}, InputError, "must be a tensor"),
+}
+
+
+@pytest.mark.parametrize("case", list(BATCHES))
+def test_bad_batches_get_a_kldiv_error_before_a_torch_traceback(case):
+    x, cls, words = BATCHES[case]
+    with pytest.raises(cls, match=re.escape(words)):
+        triangle()(x)
+
+
+def test_a_batch_on_another_device_is_named():
+    step = triangle()
+    x = torch.randn(5, *SHAPE, device="meta")
+    with pytest.raises(InputError, match=r"on meta and the networks on cpu: move it"):
+        step(x)
+
+
+def test_n_must_be_a_positive_count():
+    with pytest.raises(InputError, match="positive int"):
+        triangle()(torch.randn(5, *SHAPE), n=0)
+
+
+LATENTS = {
+    "encoder smaller than latent_shape": (dict(enc=3), "q draws z of shape (3,)"),
+    "decoder and latent_shape smaller than the encoder": (dict(dec=3, latent=3), "p declares latent_shape (3,)"),
+    "latent_shape alone differs": (dict(latent=3), "p declares latent_shape (3,)"),
+}
+
+
+@pytest.mark.parametrize("case", list(LATENTS))
+def test_latent_sizes_that_disagree_are_named_with_both_densities(case):
+    sizes, words = LATENTS[case]
+    with pytest.raises(ShapeError, match=re.escape(words) + r"(.|\n)*same latent size"):
+        triangle(**sizes)(torch.randn(5, *SHAPE))
+
+
+def test_an_energy_built_for_another_latent_size_is_named():
+    with pytest.raises(ShapeError, match=r"network π.energy failed when first run(.|\n)*latent_dim 3"):
+        triangle(energy=3)(torch.randn(5, *SHAPE))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.lists(st.integers(0, 9), min_size=0, max_size=5),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.uint8, torch.int64, torch.bool]),
+    poison=st.sampled_from([None, math.nan, math.inf]),
+)
+def test_only_kldiv_errors_escape_a_step_given_malformed_batches(shape, dtype, poison):
+    x = torch.zeros(shape, dtype=dtype) if dtype in (torch.uint8, torch.int64, torch.bool) else torch.randn(shape, dtype=dtype)
+    if poison is not None and x.dtype.is_floating_point and x.numel():
+        x.view(-1)[0] = poison
+    try:
+        triangle()(x)
+    except Exception as err:  # noqa: BLE001 - the point is which classes escape
+        assert type(err).__module__ == "kldiv.errors", f"{type(err).__module__}.{type(err).__name__}: {err}"
+
+
+# ----------------------------------------------------------------------------------------
+# Recipe command lines: refused before anything is written
+# ----------------------------------------------------------------------------------------
+COMMAND_LINES = {
+    "batch size 0": (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    "negative batch size": (["--batch-size", "-3"], "--batch-size must be an integer >= 1"),
+    "negative steps": (["--steps", "-1"], "--steps must be an integer >= 0"),
+    "log every 0 steps": (["--log-every", "0"], "--log-every must be an integer >= 1"),
+    "checkpoint every 0 steps": (["--checkpoint-every", "0"], "--checkpoint-every must be an integer >= 1"),
+    "negative clipping": (["--clip-grad", "-1"], "--clip-grad must be a finite number >= 0"),
+    "nan loss bound": (["--max-loss", "nan"], "--max-loss must be a finite number >= 0"),
+    "ema decay of 1.5": (["--ema", "1.5"], "--ema is the decay of the moving average"),
+    "hold-out -2": (["--hold-out", "-2"], "--hold-out must be an integer >= -1"),
+    "an abbreviated flag": (["--step", "3"], "unrecognized arguments: --step"),
+    "an unknown data set": (["--data", "imagenet"], "invalid choice: 'imagenet'"),
+    "an unknown schedule": (["--schedule", "random"], "invalid choice: 'random'"),
+}
+
+
+@pytest.mark.parametrize("case", list(COMMAND_LINES))
+def test_bad_command_lines_exit_with_the_flag_named_and_write_nothing(case, tmp_path, capsys):
+    argv, words = COMMAND_LINES[case]
+    with pytest.raises(SystemExit) as info:
+        load_recipe("latent_ebm").main([*TINY, *argv, "--out", str(tmp_path / "run")])
+    assert info.value.code == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_that_is_not_there_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"asks for a GPU(.|\n)*--device cpu"):
+        load_recipe("vae").main([*TINY, "--device", "cuda", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_device_that_is_no_device_is_named(tmp_path):
+    with pytest.raises(ValueError, match="is not a device: use auto, cpu, cuda"):
+        load_recipe("vae").main([*TINY, "--device", "gpu0", "--out", str(tmp_path / "run")])
+
+
+def test_a_class_the_data_set_lacks_cannot_be_held_out(tmp_path):
+    with pytest.raises(ValueError, match=r"held_out must be one of digits's classes 0..9"):
+        load_recipe("vae").main([*TINY, "--hold-out", "12", "--out", str(tmp_path / "run")])
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints: a bad one is named and left untouched
+# ----------------------------------------------------------------------------------------
+@pytest.fixture()
+def vae_run(tmp_path):
+    out = tmp_path / "run"
+    load_recipe("vae").main([*TINY, "--steps", "2", "--out", str(out)])
+    return out
+
+
+class _Code:
+    def __reduce__(self):  # what a malicious pickle does: call a function when loaded
+        return (os.getcwd, ())
+
+
+CORRUPTIONS = {
+    "garbage bytes": (lambda path: path.write_bytes(b"not a checkpoint at all"), "truncated or corrupt"),
+    "a truncated file": (lambda path: path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2]),
+                         "truncated or corrupt"),
+    "an empty file": (lambda path: path.write_bytes(b""), "truncated or corrupt"),
+    "code inside": (lambda path: torch.save({"networks": {}, "payload": _Code()}, path), "could run code"),
+    "a pickle that is not a checkpoint": (lambda path: torch.save([1, 2], path), "not a checkpoint dictionary"),
+    "a plain pickle": (lambda path: path.write_bytes(pickle.dumps({"networks": {}})), "It was left as it is"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_a_bad_checkpoint_is_named_and_left_as_it_is(case, vae_run):
+    corrupt, words = CORRUPTIONS[case]
+    corrupt(vae_run / "checkpoint.pt")
+    before = files(vae_run)
+    with pytest.raises(CheckpointError, match=re.escape(words)) as info:
+        load_recipe("vae").main([*TINY, "--steps", "4", "--out", str(vae_run), "--resume"])
+    assert "weights_only=False" not in str(info.value)  # never suggest unsafe loading
+    assert str(vae_run / "checkpoint.pt") in str(info.value)
+    assert files(vae_run) == before
+
+
+@pytest.mark.parametrize("resume", [True, False], ids=["with --resume", "without --resume"])
+def test_another_recipes_checkpoint_is_refused_before_anything_is_written(resume, vae_run):
+    before = files(vae_run)
+    with pytest.raises(CheckpointError, match=r"checkpoint of 'vae', not of 'bidvl'(.|\n)*another --out"):
+        load_recipe("bidvl").main([*TINY, "--steps", "4", "--out", str(vae_run), *(["--resume"] if resume else [])])
+    assert files(vae_run) == before
+
+
+def test_resume_without_a_checkpoint_says_to_start_without_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="start without --resume"):
+        load_recipe("vae").main([*TINY, "--steps", "2", "--out", str(tmp_path / "new"), "--resume"])
+
+
+def test_resume_with_ema_from_a_run_without_it_is_refused(vae_run):
+    before = files(vae_run)
+    with pytest.raises(ValueError, match="written without --ema"):
+        load_recipe("vae").main([*TINY, "--steps", "4", "--ema", "0.9", "--out", str(vae_run), "--resume"])
+    assert files(vae_run) == before
+
+
+def test_checkpoints_follow_the_umask_and_sweep_orphans(tmp_path):
+    (tmp_path / "checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "checkpoint.pt", {"networks": {}, "step": 1})
+    finally:
+        os.umask(old)
+    assert [f.name for f in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert (tmp_path / "checkpoint.pt").stat().st_mode & 0o777 == 0o644
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
+
+
+# ----------------------------------------------------------------------------------------
+# The divergence guard
+# ----------------------------------------------------------------------------------------
+def test_a_diverging_run_stops_like_a_non_finite_one(vae_run):
+    before = load_checkpoint(vae_run / "checkpoint.pt")
+    with pytest.raises(NonFiniteError, match=r"beyond --max-loss 1: the run is diverging(.|\n)*in step 3 of 6"
+                                             r"(.|\n)*checkpoint.pt as it was(.|\n)*--resume"):
+        load_recipe("vae").main([*TINY, "--steps", "6", "--out", str(vae_run), "--resume", "--max-loss", "1"])
+    after = load_checkpoint(vae_run / "checkpoint.pt")
+    assert after["step"] == before["step"] == 2
+    for k, v in before["networks"]["generator"].items():
+        assert torch.equal(v, after["networks"]["generator"][k])
