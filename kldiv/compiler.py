@@ -468,9 +468,18 @@ class Estimator:
     parameters it used change.
 
     Examples:
-        >>> out = estimator(x)               # doctest: +SKIP
-        >>> out.backward()                   # each player's gradient into its own parameters
-        >>> for opt in optimizers: opt.step()
+        >>> import torch
+        >>> from kldiv import KL, DataDensity, GeneratorDensity
+        >>> from kldiv.nn import GaussianEncoder, Generator
+        >>> q = DataDensity(GaussianEncoder((1, 8, 8), 2, width=4))
+        >>> p = GeneratorDensity(Generator(2, (1, 8, 8), width=4), latent_shape=2, sigma=0.5)
+        >>> estimator = KL(q, p).minimize(q, p, name="vae").compile()
+        >>> opt = torch.optim.Adam(estimator.parameters("vae"), lr=1e-3)
+        >>> out = estimator(torch.randn(8, 1, 8, 8))   # one simultaneous step
+        >>> out.backward()                       # each player's gradient into its own parameters
+        >>> opt.step()
+        >>> sorted(out.losses)
+        ['vae']
     """
 
     def __init__(self, game: Game, *, values: bool = True, closed_form: bool = True):
