@@ -557,6 +557,7 @@ class Run:
 
             self._bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.name, dynamic_ncols=True,
                              disable=not sys.stderr.isatty() and os.environ.get("KLDIV_PROGRESS") != "1")
+        self._loop_start = (time.perf_counter(), self.step)
         for x in source:
             yield x.to(self.device, non_blocking=True)
 
@@ -663,6 +664,8 @@ class Run:
         cfg = self.cfg
         if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
             self.log(self.metrics)
+            if self._bar is None or self._bar.disable:  # no terminal: a line a log file can hold
+                print(self._progress_line(), flush=True)
         if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
             self.save()
             self._last_saved = self.step
@@ -671,6 +674,17 @@ class Run:
             self._bar.set_postfix({k: f"{v:.3g}" for k, v in list(self.metrics.items())[:4]}, refresh=False)
             if self.step == cfg.steps:
                 self._bar.close()
+
+    def _progress_line(self) -> str:
+        """``step / steps``, steps per second, time left and each player's value."""
+        t0, s0 = getattr(self, "_loop_start", (self._t0, 0))
+        rate = (self.step - s0) / max(time.perf_counter() - t0, 1e-9)
+        left = (self.cfg.steps - self.step) / rate if rate > 0 else math.inf
+        values = " ".join(f"{k} {v:.4g}" for k, v in self.metrics.items()
+                          if getattr(self, "estimator", None) is not None and k in self.estimator.plans)
+        eta = f"{int(left // 60)}:{int(left % 60):02d}" if math.isfinite(left) else "?"
+        return f"{self.name} {self.step}/{self.cfg.steps} | {rate:.2f} steps/s | {eta} left" + (
+            f" | {values}" if values else "")
 
     def should_sample(self) -> bool:
         """Whether this step (already closed by `end_step`) writes sample grids."""
@@ -719,7 +733,11 @@ class Run:
                 m.train(mode)
 
     def close(self) -> None:
-        """Tear down the process group of a distributed run."""
+        """Say what the run wrote, and tear down the process group of a distributed run."""
+        if self.is_main and self.out.exists():
+            written = sorted(f.name for f in self.out.iterdir() if f.is_file() and not f.name.endswith(".tmp"))
+            print(f"{self.name}: {self.step} steps; wrote {', '.join(written)} in {self.out}. "
+                  f"Evaluate it with: python -m kldiv.evaluate {self.out}", flush=True)
         if self.world > 1:
             import torch.distributed as dist
 

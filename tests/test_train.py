@@ -168,3 +168,12 @@ def test_ema_is_the_moving_average_of_the_weights_and_resumes_exactly(tmp_path):
     with pytest.raises(SystemExit):
         vae.main([*TINY, "--steps", "1", "--ema", "1.5", "--out", str(tmp_path / "d")])
     assert not (tmp_path / "d").exists()
+
+
+def test_without_a_terminal_a_run_prints_progress_lines_and_what_it_wrote(tmp_path, capsys):
+    load_recipe("vae").main([*TINY, "--steps", "4", "--log-every", "2", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("vae ")]
+    assert [line.split(" | ")[0] for line in lines] == ["vae 2/4", "vae 4/4"]
+    assert all("steps/s" in line and "left" in line and "| vae " in line for line in lines)
+    assert "wrote checkpoint.pt, metrics.jsonl" in out and f"python -m kldiv.evaluate {tmp_path / 'run'}" in out
