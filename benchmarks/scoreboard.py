@@ -13,7 +13,7 @@ same number of steps, batch size, network width and latent size for all; then
 | RMSE | reconstruction error g(mu(x)) of the normal test digits, in [-1, 1] units |
 | AUROC | OOD detection of Fashion-MNIST, uniform noise and constant images against the normal test digits, by the model's own score (the energy; the negative ELBO for the VAE) |
 | AUPRC | anomaly detection of the held-out digit among the test digits, by the same score |
-| steps/s | training rounds per second (after the first log interval) |
+| steps/s | training rounds per second, from short runs of every model side by side after the scoring (``--time-steps``), so that other work on the machine during a long training run does not enter it |
 
     python benchmarks/scoreboard.py                               # MNIST, two CPU cores, about an hour
     python benchmarks/scoreboard.py --steps 200 --models vae latent-ebm
@@ -82,6 +82,31 @@ def steps_per_second(run_dir: Path) -> float:
     return (last["step"] - first["step"]) / max(last["time"] - first["time"], 1e-9)
 
 
+def time_models(models: list[str], args) -> dict[str, float]:
+    """Steps per second of each model, measured side by side on an otherwise idle machine.
+
+    Each recipe runs ``--time-steps`` steps with the scoreboard's arguments in
+    a temporary directory, the models one after another, twice in alternating
+    order; the speed of a run leaves out its first logged interval (warm-up),
+    and a model's figure is the mean of its two runs."""
+    import tempfile
+
+    speeds: dict[str, list[float]] = {m: [] for m in models}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep, order in enumerate((models, models[::-1])):
+            for m in order:
+                run_dir = Path(tmp) / f"{m}-{rep}"
+                argv = recipe_args(m, args, run_dir)
+                argv[argv.index("--steps") + 1] = str(args.time_steps)
+                argv[argv.index("--log-every") + 1] = str(max(1, args.time_steps // 5))
+                for flag in ("--sample-every", "--checkpoint-every"):
+                    argv[argv.index(flag) + 1] = str(10 * args.time_steps)
+                with open(Path(tmp) / "log.txt", "a") as log, contextlib.redirect_stdout(log):
+                    load_recipe(MODELS[m][0]).main(argv)
+                speeds[m].append(steps_per_second(run_dir))
+    return {m: sum(v) / len(v) for m, v in speeds.items()}
+
+
 def _device(name: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
@@ -123,7 +148,7 @@ def score(model: str, run_dir: Path, args) -> dict:
         "auroc": {k: report.get("ood_auroc", {}).get(k, math.nan) for k in OOD},
         "auprc": report.get("anomaly_auprc", math.nan),
         "score": report.get("ood_score"),
-        "steps_per_second": steps_per_second(run_dir),
+        "steps_per_second_training": steps_per_second(run_dir),
     }
     if model == "mcmc-teaching":
         split = anomaly_split("mnist", args.data_root, args.hold_out, download=args.download)
@@ -232,6 +257,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--download", action="store_true")
     ap.add_argument("--out", default="runs/scoreboard")
     ap.add_argument("--evaluate-only", action="store_true", help="score the finished runs in --out again")
+    ap.add_argument("--time-steps", type=int, default=60,
+                    help="measure steps/s on runs of this many steps after scoring (0: from the training runs)")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.width < 1 or args.latent_dim < 1 or args.batch_size < 1:
         ap.error("--steps, --width, --latent-dim and --batch-size must be positive")
@@ -270,6 +297,13 @@ def main(argv=None) -> dict:
         print(f"      FD {_fmt(rows[m]['fd'], 1)}, RMSE {_fmt(rows[m]['rmse'])}, AUPRC {_fmt(rows[m]['auprc'])}, "
               f"{(time.perf_counter() - t0) / 60:.1f} min so far", flush=True)
     wall = None if args.evaluate_only else time.perf_counter() - t0
+    if args.time_steps:
+        print(f"timing {args.time_steps} steps of each model, twice, side by side", flush=True)
+        for m, v in time_models([m for m in args.models if m in rows], args).items():
+            rows[m]["steps_per_second"] = v
+    else:
+        for r in rows.values():
+            r["steps_per_second"] = r["steps_per_second_training"]
     command = "python benchmarks/scoreboard.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = table(args.models, rows, args, wall, command.strip())
     (out / "table.md").write_text(text)

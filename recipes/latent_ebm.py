@@ -67,6 +67,8 @@ class Config(RunConfig):
     weight_decay: float = option(1e-4, "weight decay of the generator and the encoder")
     decay: float = option(0.998, "learning-rate decay per epoch")
     spectral_norm: bool = option(True, "spectral normalisation in the energy network")
+    synthesis: str = option("mean", "synthesised x for the EBM and the generator: g(z), as the paper (4.6), "
+                            "or a sample of p(x|z), g(z) + sigma eps", choices=("mean", "sample"))
 
 
 PRESETS = {
@@ -92,7 +94,7 @@ def networks(cfg: Config, shape: tuple[int, ...]) -> dict:
 def game(cfg: Config, G, I, E):
     """The densities and the game of eqs. 10-17."""
     q = DataDensity(I)
-    p = GeneratorDensity(G, latent_shape=cfg.latent_dim, sigma=cfg.sigma, synthesis="mean")  # x~ = g(z), §4.6
+    p = GeneratorDensity(G, latent_shape=cfg.latent_dim, sigma=cfg.sigma, synthesis=cfg.synthesis)  # x~ = g(z), §4.6
     pi = LatentEBM(E)
 
     L = KL(q, p) + KL(p, pi) - KL(q, pi)  # eq. 10
