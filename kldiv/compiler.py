@@ -736,6 +736,7 @@ class Round:
         self._samples: dict[int, _Entry] = {}
         self._terms: dict[tuple, _Entry] = {}
         self._values: dict[str, Tensor] = {}
+        self._term_values: dict[str, dict[str, Tensor]] = {}
         self._done: set[str] = set()  # players that have back-propagated in this round
 
     # --- the Evaluator protocol ---------------------------------------------------------
@@ -841,12 +842,18 @@ class Round:
             if m.source is not None and id(m.source) not in samples:
                 samples[id(m.source)] = self.samples(m.source)
         surrogate = torch.zeros((), device=self.device, dtype=self.dtype)
+        terms: dict[str, Tensor] = {}
         for m in plan.gradient:
-            surrogate = surrogate + m.coef * self._expectation(m, samples)
+            e = self._expectation(m, samples)
+            terms[m.label()] = e.detach()
+            surrogate = surrogate + m.coef * e
         value = surrogate.detach()
         if self.values:
             for m in plan.value_only:
-                value = value + m.coef * self._expectation(m, samples).detach()
+                e = self._expectation(m, samples).detach()
+                terms[m.label()] = e
+                value = value + m.coef * e
+        self._term_values[name] = terms
         for m, payer in plan.sampler_paid:
             s = samples[id(payer)]
             f = s.mean(self.term(payer.energy_term, s))
@@ -864,6 +871,12 @@ class Round:
     def value(self, player: str) -> Tensor:
         """The estimate of ``player``'s objective from its last `loss` in this round."""
         return self._values[player]
+
+    def terms(self, player: str) -> dict[str, Tensor]:
+        """The summands of ``player``'s last `value`, before their coefficients, by the
+        labels `Estimator.explain` gives them (``"E_q[log N(x; g(z), σ²I)]"``); the
+        value-only ones only in a round that computes values."""
+        return dict(self._term_values[player])
 
     def backward(self, player: str, *, retain_graph: bool = True) -> Tensor:
         """Compute ``player``'s loss (if not yet computed on the current parameters)

@@ -137,12 +137,15 @@ def parse_config(cls: type, argv: list[str] | None = None, presets: Mapping[str,
         meta = dict(f.metadata)
         help_ = meta.pop("help", "")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        # the value the run will use: the default, or a data set's preset
+        shown = f"default: {default}" + "".join(
+            f"; with --data {data}: {values[f.name]}" for data, values in (presets or {}).items() if f.name in values
+        )
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=f"{help_} (default: {default})")
+                                help=f"{help_} ({shown})")
         else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
-                                help=f"{help_} (default: {default})", **meta)
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"{help_} ({shown})", **meta)
     given = vars(parser.parse_args(argv))
     try:
         cfg = cls(**given)
@@ -357,9 +360,29 @@ class Run:
         self._t0 = time.perf_counter()
         self._bar = None
         self._last_saved: int | None = None
+        self._elapsed = 0.0  # training seconds before this process: the clock continues across --resume
+        self._last_log = (self._t0, 0)
         self._check_out_dir()
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+
+    def _write_config(self) -> None:
+        """``config.json``: the resolved configuration, the versions, and the commit when there is one."""
+        import subprocess
+
+        import kldiv
+
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(kldiv.__file__).parent, text=True,
+                                    capture_output=True, timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+        record = {"recipe": self.name, "config": dataclasses.asdict(self.cfg), "kldiv": kldiv.__version__,
+                  "torch": torch.__version__, "commit": commit, "argv": sys.argv}
+        tmp = self.out / "config.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, self.out / "config.json")
 
     def _check_out_dir(self) -> None:
         """Refuse, before anything is written, an ``--out`` whose checkpoint belongs to another recipe."""
@@ -491,6 +514,7 @@ class Run:
             "recipe": self.name,
             "architecture": {k: [path, kw] for k, (path, kw) in self.architecture.items()},
             "step": self.step,
+            "elapsed": self._clock(),
             "metrics": dict(self.metrics),
             "rng": _rng_state(),
             **({"ema": {k: a.module.state_dict() for k, a in self.ema.items()},
@@ -527,6 +551,9 @@ class Run:
                 a.n_averaged.fill_(state["ema_updates"][k])
         self.step = int(state["step"])
         self.metrics = dict(state["metrics"])
+        self._elapsed = float(state.get("elapsed", 0.0))
+        self._t0 = time.perf_counter()
+        self._last_log = (self._t0, self.step)
         if self.world == 1:
             _set_rng_state({k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in state["rng"].items()})
         else:  # the checkpoint holds rank 0's generators; move every rank on by the step
@@ -650,6 +677,10 @@ class Run:
             return None
         value = float(r.value(player))
         self.metrics[player] = value
+        for label, v in r.terms(player).items():
+            self.metrics[f"{player}/{label}"] = float(v)
+        for i, group in enumerate(self.optimizers[player].param_groups):
+            self.metrics[f"{player}/lr" + (f"{i}" if i else "")] = float(group["lr"])
         return value
 
     def end_step(self, **extra: float) -> None:
@@ -675,6 +706,10 @@ class Run:
             if self.step == cfg.steps:
                 self._bar.close()
 
+    def _clock(self) -> float:
+        """Seconds of training so far, across resumes."""
+        return self._elapsed + time.perf_counter() - self._t0
+
     def _progress_line(self) -> str:
         """``step / steps``, steps per second, time left and each player's value."""
         t0, s0 = getattr(self, "_loop_start", (self._t0, 0))
@@ -694,7 +729,11 @@ class Run:
         """Append one JSON line ``{"step", "time", **metrics}`` to ``metrics.jsonl``."""
         if not self.is_main:
             return
-        row = {"step": self.step, "time": round(time.perf_counter() - self._t0, 3)}
+        now = time.perf_counter()
+        (then, step), self._last_log = self._last_log, (now, self.step)
+        row = {"step": self.step, "time": round(self._clock(), 3)}
+        if self.step > step:
+            row["step_time"] = round((now - then) / (self.step - step), 6)
         row.update({k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()})
         with open(self.out / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")

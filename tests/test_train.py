@@ -176,4 +176,28 @@ def test_without_a_terminal_a_run_prints_progress_lines_and_what_it_wrote(tmp_pa
     lines = [line for line in out.splitlines() if line.startswith("vae ")]
     assert [line.split(" | ")[0] for line in lines] == ["vae 2/4", "vae 4/4"]
     assert all("steps/s" in line and "left" in line and "| vae " in line for line in lines)
-    assert "wrote checkpoint.pt, metrics.jsonl" in out and f"python -m kldiv.evaluate {tmp_path / 'run'}" in out
+    assert "wrote checkpoint.pt, config.json, metrics.jsonl" in out and f"python -m kldiv.evaluate {tmp_path / 'run'}" in out
+
+
+def test_a_run_records_its_configuration_its_terms_and_a_clock_that_survives_resume(tmp_path):
+    out = tmp_path / "run"
+    latent_ebm = load_recipe("latent_ebm")
+    latent_ebm.main([*TINY, "--steps", "2", "--out", str(out)])
+    latent_ebm.main([*TINY, "--steps", "4", "--out", str(out), "--resume"])
+    record = json.loads((out / "config.json").read_text())
+    assert record["recipe"] == "latent_ebm" and record["config"]["steps"] == 4 and record["config"]["resume"]
+    assert record["torch"] == torch.__version__ and "kldiv" in record
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    times = [r["time"] for r in rows]
+    assert times == sorted(times)  # the clock continues across the resume
+    assert all(r["step_time"] > 0 for r in rows)
+    # every summand explain() lists for the EBM, and each player's learning rate
+    assert {"ebm/E_q[f(x, z)]", "ebm/E_p[f(x, z)]", "ebm/lr", "generator/lr"} <= set(rows[-1])
+
+
+def test_help_shows_the_values_a_preset_gives(capsys):
+    with pytest.raises(SystemExit):
+        load_recipe("latent_ebm").main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "dimension of z (default: 100; with --data digits: 16)" in text
