@@ -91,3 +91,12 @@ def test_site_builds_strictly(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    # the site serves its own MathJax: no page loads a script or a stylesheet from the network
+    pages = list((tmp_path / "site").rglob("*.html"))
+    assert pages
+    for page in pages:
+        html = page.read_text()
+        remote = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', html)
+        assert not remote, f"{page.relative_to(tmp_path)} loads {remote}"
+    assert (tmp_path / "site" / "javascripts" / "vendor" / "mathjax" / "tex-mml-chtml.js").stat().st_size > 100_000
+    assert len(list((tmp_path / "site" / "javascripts" / "vendor" / "mathjax").rglob("*.woff"))) > 10
