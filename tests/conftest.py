@@ -16,3 +16,17 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu",
+                     help="where the recipe tests train (cpu, cuda, cuda:1); the rest runs on the CPU")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    """The ``--device`` the suite was asked to run recipes on (checked to exist)."""
+    name = request.config.getoption("--device")
+    if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+        pytest.exit(f"--device {name}: torch sees no GPU here", returncode=4)
+    return name

@@ -29,9 +29,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("recipe", "extra"), CASES, ids=[f"{r}{'-' + '-'.join(e) if e else ''}" for r, e in CASES])
-def test_recipe_runs_end_to_end(recipe, extra, tmp_path):
+def test_recipe_runs_end_to_end(recipe, extra, tmp_path, device):
     out = tmp_path / recipe
-    run = load_recipe(recipe).main([*TINY, *extra, "--out", str(out)])
+    run = load_recipe(recipe).main([*TINY, *extra, "--out", str(out), "--device", device])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     players = set(run.estimator.plans)
