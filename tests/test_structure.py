@@ -1,0 +1,154 @@
+"""A density's declared structure, checked against autograd.
+
+For every pair of a source (a density that draws samples) and a term of a
+density over the same variables, the compiler's rule is that the term's
+expectation under the source carries a gradient into a network exactly when
+the network is one of the term's own (``Term.modules``) or one through which
+the source's samples of the variables the term reads are reparameterised
+(``Density.pathwise``). A density that declares this wrongly would silently
+drop a gradient or add one; here every built-in density class and a
+user-defined one is checked on random networks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from kldiv import DecoupledEBLVM, Density, GeneratorDensity, Langevin, LatentEBM, MarginalEBM, Samples, Term
+from kldiv.compiler import Round, _NoGame
+from toys import Decoder, decoupled_parts, triangle_parts
+
+DX, DZ, N = 5, 2, 64
+
+
+class LearnedPriorGenerator(Density):
+    """A user's density: z ~ N(m, I) with a learned mean m, x = g(z) + sigma eps."""
+
+    variables = ("x", "z")
+
+    def __init__(self, prior: nn.Module, decoder: nn.Module, sigma: float = 0.5, name: str = "u"):
+        super().__init__(name)
+        self.prior, self.decoder, self.sigma = prior, decoder, sigma
+
+    def _mean(self, ev, n):
+        return ev.call(self.prior, torch.ones(1, 1, dtype=torch.float64)).expand(n, DZ)
+
+    def terms(self):
+        def log_prior(ev, s):
+            m = self._mean(ev, s.n)
+            return -0.5 * (s["z"] - m).square().sum(1) - 0.5 * DZ * math.log(2 * math.pi)
+
+        def log_lik(ev, s):
+            g = ev.call(self.decoder, s["z"])
+            return -0.5 * (s["x"] - g).square().sum(1) / self.sigma**2
+
+        return (
+            Term(key=("u-prior", id(self)), label="log N(z; m, I)", latex="", reads=frozenset({"z"}),
+                 modules=(self.prior,), evaluate=log_prior, factor="z"),
+            Term(key=("u-lik", id(self)), label="log N(x; g(z))", latex="", reads=frozenset({"x", "z"}),
+                 modules=(self.decoder,), evaluate=log_lik, factor="x"),
+        )
+
+    def networks(self):
+        return {"prior": self.prior, "decoder": self.decoder}
+
+    def own_networks(self):
+        return (self.prior, self.decoder)
+
+    def dependence(self, reads):
+        return frozenset({self.prior, self.decoder}) if "x" in reads else frozenset({self.prior})
+
+    def pathwise(self, reads):
+        return self.dependence(reads)
+
+    @property
+    def sampleable(self):
+        return True
+
+    def sample(self, ev, n):
+        z = self._mean(ev, n) + torch.randn(n, DZ, dtype=torch.float64)
+        x = ev.call(self.decoder, z) + self.sigma * torch.randn(n, DX, dtype=torch.float64)
+        return Samples({"x": x, "z": z}, n)
+
+    def describe_sampling(self):
+        return "z ~ N(m, I), x ~ N(g(z), sigma^2 I)"
+
+
+# the summands whose declared gradient cancels exactly (see the test)
+CANCELS = {("p", "log N(x; g(z), σ²I)"), ("p_s", "log N(x; g(z), σ²I)"), ("u", "log N(z; m, I)"),
+           ("u", "log N(x; g(z))")}
+
+
+def _world():
+    enc, dec, f, q, p_mean, pi = triangle_parts(DX, DZ, synthesis="mean")
+    p_sample = GeneratorDensity(dec, latent_shape=DZ, sigma=0.5, synthesis="sample", name="p_s")
+    fx = decoupled_parts(DX, DZ)[2]
+    big_pi = DecoupledEBLVM(fx, enc, name="Π")  # sharing the triangle's encoder
+    user = LearnedPriorGenerator(nn.Linear(1, DZ).double(), Decoder(DZ, DX).double())
+    chains = LatentEBM(f, sampler=Langevin(3, 0.1, init=p_mean), name="π_mcmc")
+    marginal = MarginalEBM(fx, sampler=Langevin(3, 0.1, init=p_mean), name="π_x")
+    sources = [p_mean, p_sample, q, user, chains, marginal]
+    holders = [p_mean, q, pi, big_pi, user, MarginalEBM(fx)]
+    nets = {"encoder": enc, "decoder": dec, "f(x, z)": f, "f(x)": fx, "user prior": user.prior,
+            "user decoder": user.decoder}
+    return sources, holders, nets
+
+
+def _cases():
+    sources, holders, _ = _world()
+    for (si, s), (hi, h) in itertools.product(enumerate(sources), enumerate(holders)):
+        for ti, t in enumerate(h.terms()):
+            if t.computable and t.reads and t.reads <= set(s.variables):
+                yield pytest.param(si, hi, ti, id=f"E_{s.name}[{t.label} of {h.name}]")
+
+
+def _gradient_reach(source, term, nets) -> tuple[set[str], set[str]]:
+    """The networks autograd reaches from E_source[term], and those the structure declares."""
+    data = torch.randn(N, DX, dtype=torch.float64)
+    r = Round(_NoGame(source), {"data": data}, n=N)
+    s = r.samples(source)
+    value = s.mean(term.evaluate(r, s))
+    params = {name: list(m.parameters()) for name, m in nets.items()}
+    flat = [q for ps in params.values() for q in ps]
+    grads = torch.autograd.grad(value, flat, allow_unused=True) if value.requires_grad else [None] * len(flat)
+    it = iter(grads)
+    actual = {name for name, ps in params.items()
+              if any(g is not None and g.abs().sum() > 0 for g in [next(it) for _ in ps])}
+    declared_modules = set(term.modules) | set(source.pathwise(term.reads))
+    return actual, {name for name, m in nets.items() if m in declared_modules}
+
+
+@pytest.mark.parametrize(("si", "hi", "ti"), list(_cases()))
+def test_a_term_has_a_gradient_exactly_where_the_structure_says(si, hi, ti):
+    torch.manual_seed(1)
+    sources, holders, nets = _world()
+    source, term = sources[si], holders[hi].terms()[ti]
+    actual, declared = _gradient_reach(source, term, nets)
+    if (source.name, term.label) in CANCELS:
+        # a location family's log density of its own reparameterised samples is
+        # parameter-free: log N(g(z) + s eps; g(z), s^2) = -|eps|^2 / 2 + const
+        assert actual == set() and declared, f"E_{source.name}[{term.label}] should cancel to no gradient"
+        return
+    assert actual == declared, (
+        f"E_{source.name}[{term.label}]: autograd reaches {sorted(actual)}, the structure says {sorted(declared)}"
+    )
+
+
+def test_a_density_that_declares_no_pathwise_gradient_is_caught():
+    """The failure this guards against: samples that carry a gradient the compiler is told they do not."""
+
+    class Undeclared(LearnedPriorGenerator):
+        def pathwise(self, reads):
+            return frozenset()
+
+    torch.manual_seed(1)
+    _, holders, nets = _world()
+    user = Undeclared(nets["user prior"], nets["user decoder"])
+    pi = holders[2]  # the latent EBM: E_u[f(x, z)] flows into u's networks through its samples
+    actual, declared = _gradient_reach(user, pi.terms()[0], nets)
+    assert {"user prior", "user decoder"} <= actual and not {"user prior", "user decoder"} & declared
