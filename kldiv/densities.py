@@ -221,6 +221,67 @@ class Density(abc.ABC):
         """One line saying how samples are drawn, for `explain`."""
         return "cannot be sampled"
 
+    def log_prob(self, values: Mapping[str, Tensor], **inputs: Tensor) -> Tensor:
+        r"""The log density of ``values``, one number per row, up to the terms kldiv cannot compute.
+
+        The sum of the density's computable terms, each with its sign: exact
+        for a `GeneratorDensity`; up to $\log Z$ for an energy-based density
+        (the unnormalised $f$, plus $\log q(z \mid x)$ for a `DecoupledEBLVM`);
+        up to $\log q_{\rm data}(x)$ for a `DataDensity`
+        ($\log q_\phi(z \mid x)$ alone).  `uncomputed` names what is left out.
+
+        Arguments:
+            values: a tensor per variable of the density, with a common
+                leading size (the number of rows).
+            **inputs: the step inputs the terms read, if any.
+
+        Examples:
+            >>> import torch
+            >>> from kldiv import GeneratorDensity
+            >>> p = GeneratorDensity(torch.nn.Linear(2, 3), latent_shape=2, sigma=1.0)
+            >>> p.log_prob({"x": torch.zeros(4, 3), "z": torch.zeros(4, 2)}).shape
+            torch.Size([4])
+        """
+        missing = [v for v in self.variables if v not in values]
+        if missing:
+            raise ValueError(f"{self!r}.log_prob needs a value for every variable; missing {missing}")
+        sizes = {v: t.shape[0] for v, t in values.items() if isinstance(t, Tensor) and t.ndim}
+        if len(set(sizes.values())) != 1 or len(sizes) != len(values):
+            raise ValueError(f"{self!r}.log_prob takes tensors with one common number of rows, got {sizes}")
+        s = Samples({v: values[v] for v in self.variables})
+        ev = _DirectEvaluator(inputs, s)
+        total = torch.zeros(s.n, dtype=ev.dtype, device=ev.device)
+        for t in self.terms():
+            if t.computable and t.evaluate is not None:
+                out = t.evaluate(ev, s)
+                total = total + t.sign * (_per_sample(out) if out.dim() else out.expand(s.n))
+        return total
+
+    def uncomputed(self) -> tuple[str, ...]:
+        """The labels of the terms `log_prob` leaves out (``log Z``, ``log q_data(x)``)."""
+        return tuple(t.label for t in self.terms() if not (t.computable and t.evaluate is not None))
+
+
+class _DirectEvaluator:
+    """The `Evaluator` of `Density.log_prob`: networks run as they are, on given values."""
+
+    def __init__(self, inputs: Mapping[str, Tensor], samples: Samples):
+        first = next(iter(samples.values.values()))
+        self.device, self.dtype = first.device, first.dtype
+        self._inputs, self._samples = dict(inputs), samples
+
+    def call(self, module: nn.Module, *args: Tensor) -> object:
+        return module(*args)
+
+    def input(self, name: str) -> Tensor:
+        try:
+            return self._inputs[name]
+        except KeyError:
+            raise KeyError(f"log_prob needs the input {name!r}; pass it as log_prob(values, {name}=...)") from None
+
+    def samples(self, density: Density) -> Samples:
+        return self._samples
+
 
 def _standard_normal_log_prob(z: Tensor) -> Tensor:
     # (n, *latent) -> (n,)

@@ -152,3 +152,25 @@ def test_a_density_that_declares_no_pathwise_gradient_is_caught():
     pi = holders[2]  # the latent EBM: E_u[f(x, z)] flows into u's networks through its samples
     actual, declared = _gradient_reach(user, pi.terms()[0], nets)
     assert {"user prior", "user decoder"} <= actual and not {"user prior", "user decoder"} & declared
+
+
+def test_every_density_has_a_log_prob_up_to_the_terms_it_names():
+    torch.manual_seed(0)
+    enc, dec, f, q, p, pi = triangle_parts(DX, DZ, sigma=0.5)
+    fx = decoupled_parts(DX, DZ)[2]
+    big_pi, marginal = DecoupledEBLVM(fx, enc), MarginalEBM(fx)
+    x, z = torch.randn(7, DX, dtype=torch.float64), torch.randn(7, DZ, dtype=torch.float64)
+    with torch.no_grad():
+        normal = torch.distributions.Normal
+        exact = normal(0.0, 1.0).log_prob(z).sum(1) + normal(dec(z), 0.5).log_prob(x).sum(1)
+        torch.testing.assert_close(p.log_prob({"x": x, "z": z}), exact)
+        torch.testing.assert_close(q.log_prob({"x": x, "z": z}), enc(x).log_prob(z))
+        torch.testing.assert_close(pi.log_prob({"x": x, "z": z}), f(x, z).flatten())
+        torch.testing.assert_close(big_pi.log_prob({"x": x, "z": z}), fx(x) + enc(x).log_prob(z))
+        torch.testing.assert_close(marginal.log_prob({"x": x}), fx(x))
+    assert p.uncomputed() == () and q.uncomputed() == ("log q_data(x)",)
+    assert pi.uncomputed() == ("log Z(π)",) and len(big_pi.uncomputed()) == 1
+    with pytest.raises(ValueError, match=r"missing \['z'\]"):
+        p.log_prob({"x": x})
+    with pytest.raises(ValueError, match="one common number of rows"):
+        p.log_prob({"x": x, "z": z[:3]})
