@@ -17,8 +17,9 @@ $-f(x)$ for an EBM on $x$, and the negative ELBO for a VAE without an energy.
 A run trained with ``--hold-out C`` is compared with the normal test images
 (the held-out class left out) for every other metric.
 
-It writes ``evaluation.json`` and ``energy_histograms.png`` into the run
-directory and prints the report.
+It writes ``evaluation.json``, ``energy_histograms.png`` and the training
+curves ``curves.png`` (`kldiv.plot`) into the run directory and prints the
+report.
 
     python -m kldiv.evaluate runs/latent_ebm
     python -m kldiv.evaluate runs/latent_ebm --data-root ../shared/data --samples 10000
@@ -197,6 +198,10 @@ def evaluate(
             scores = {f"held-out class {held_out}": s_out, **scores}
         metrics.plot_energy_histograms(s_in, scores, run_dir / "energy_histograms.png",
                                        in_name=f"{cfg['data']} test", xlabel=f"score {score_name}")
+    if (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size:
+        from kldiv.plot import plot_run
+
+        report["curves"] = str(plot_run(run_dir, terms=True))
     (run_dir / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

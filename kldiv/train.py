@@ -146,8 +146,14 @@ def parse_config(cls: type, argv: list[str] | None = None, presets: Mapping[str,
                                 help=f"{help_} ({shown})")
         else:
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"{help_} ({shown})", **meta)
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="a TOML or JSON file of options by name (batch_size = 64), or a run's config.json; "
+                             "the command line overrides it")
     given = vars(parser.parse_args(argv))
+    path = given.pop("config", None)
     try:
+        if path is not None:
+            given = {**_read_config(path, fields, hints), **given}
         cfg = cls(**given)
         preset = dict((presets or {}).get(cfg.data, {}))
         unknown = set(preset) - {f.name for f in fields}
@@ -156,6 +162,35 @@ def parse_config(cls: type, argv: list[str] | None = None, presets: Mapping[str,
         return dataclasses.replace(cfg, **{k: v for k, v in preset.items() if k not in given})
     except ValueError as err:
         parser.error(str(err))
+
+
+def _read_config(path: str, fields, hints) -> dict:
+    """Options from a TOML or JSON file (a run's ``config.json`` too), checked against the fields."""
+    import tomllib
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--config {path}: no such file")
+    try:
+        data = tomllib.loads(file.read_text()) if file.suffix == ".toml" else json.loads(file.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--config {path} is not valid {'TOML' if file.suffix == '.toml' else 'JSON'}: {err}") from None
+    if isinstance(data.get("config"), dict) and "recipe" in data:  # a run's config.json
+        data = {k: v for k, v in data["config"].items() if k != "resume"}
+    names = {f.name for f in fields}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"--config {path} sets options this recipe does not have: {unknown}")
+    out = {}
+    for k, v in data.items():
+        kind = hints[k]
+        ok = isinstance(v, bool) if kind is bool else (
+            isinstance(v, (int, float)) and not isinstance(v, bool) if kind is float else
+            isinstance(v, kind) and not isinstance(v, bool))
+        if not ok:
+            raise ValueError(f"--config {path}: {k} must be {kind.__name__}, got {v!r}")
+        out[k] = kind(v)
+    return out
 
 
 def build_networks(architecture: Mapping[str, tuple[str, Mapping]]) -> dict[str, nn.Module]:

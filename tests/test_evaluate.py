@@ -75,3 +75,14 @@ def test_scoreboard_trains_every_model_by_its_recipe_and_judges_the_claims(tmp_p
     assert "| VAE |" in table and "Joint training (latent EBM (2020))" in table
     assert "revised samples beat its VAE's" in table
     assert (tmp_path / "scoreboard.png").stat().st_size > 1000
+
+
+def test_training_curves_of_a_run(tmp_path):
+    from kldiv.plot import main as plot_main
+
+    out = tmp_path / "run"
+    load_recipe("latent_ebm").main([*TINY, "--steps", "4", "--log-every", "1", "--out", str(out)])
+    path = plot_main([str(out), "--terms"])
+    assert path == out / "curves.png" and path.stat().st_size > 5000
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+        plot_main([str(tmp_path)])

@@ -201,3 +201,21 @@ def test_help_shows_the_values_a_preset_gives(capsys):
         load_recipe("latent_ebm").main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "dimension of z (default: 100; with --data digits: 16)" in text
+
+
+def test_config_files_set_options_and_the_command_line_overrides_them(tmp_path, capsys):
+    (tmp_path / "c.toml").write_text('steps = 2\nwidth = 8\nlatent_dim = 4\nbatch_size = 16\nimage_size = 8\n')
+    out = tmp_path / "run"
+    load_recipe("vae").main(["--config", str(tmp_path / "c.toml"), "--width", "4", "--out", str(out)])
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert (cfg["steps"], cfg["width"], cfg["latent_dim"]) == (2, 4, 4)
+    # a run's own config.json reproduces it
+    again = tmp_path / "again"
+    load_recipe("vae").main(["--config", str(out / "config.json"), "--out", str(again)])
+    assert json.loads((again / "config.json").read_text())["config"]["width"] == 4
+    for text, words in (("stepz = 2\n", "does not have: ['stepz']"), ("steps = 'many'\n", "steps must be int"),
+                        ("steps = \n", "is not valid TOML")):
+        (tmp_path / "bad.toml").write_text(text)
+        with pytest.raises(SystemExit):
+            load_recipe("vae").main(["--config", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "bad")])
+        assert words in capsys.readouterr().err
