@@ -102,6 +102,8 @@ class RunConfig:
     ema: float = option(0.0, "also keep an exponential moving average of every network's weights with this decay "
                         "(e.g. 0.999); checkpointed, and what kldiv.evaluate scores (0: off)")
     num_workers: int = option(0, "data-loading worker processes")
+    tensorboard: bool = option(False, "also write the metrics for TensorBoard into --out/tensorboard "
+                               "(pip install 'kldiv[tensorboard]')")
 
     def __post_init__(self):
         """Refuse values no run can use, naming the flag."""
@@ -772,6 +774,18 @@ class Run:
         row.update({k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()})
         with open(self.out / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        if self.cfg.tensorboard:
+            if getattr(self, "_tb", None) is None:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError as err:
+                    raise ImportError("--tensorboard needs the tensorboard package: "
+                                      "pip install 'kldiv[tensorboard]'") from err
+                self._tb = SummaryWriter(str(self.out / "tensorboard"))
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, self.step)
+            self._tb.flush()
 
     def save_images(self, name: str, images: Tensor, nrow: int = 10) -> Path | None:
         """Save images in [-1, 1] as a PNG grid ``<out>/<name>.png`` (rank 0)."""
@@ -808,6 +822,9 @@ class Run:
 
     def close(self) -> None:
         """Say what the run wrote, and tear down the process group of a distributed run."""
+        if getattr(self, "_tb", None) is not None:
+            self._tb.close()
+            self._tb = None
         if self.is_main and self.out.exists():
             written = sorted(f.name for f in self.out.iterdir() if f.is_file() and not f.name.endswith(".tmp"))
             print(f"{self.name}: {self.step} steps; wrote {', '.join(written)} in {self.out}. "

@@ -1,6 +1,7 @@
 """The shared training loop: exact resume, atomic checkpoints, non-finite stops, several processes."""
 
 import dataclasses
+import importlib.util
 import json
 import os
 import signal
@@ -219,3 +220,15 @@ def test_config_files_set_options_and_the_command_line_overrides_them(tmp_path, 
         with pytest.raises(SystemExit):
             load_recipe("vae").main(["--config", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "bad")])
         assert words in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="the tensorboard extra is not installed")
+def test_tensorboard_gets_the_same_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    load_recipe("vae").main([*TINY, "--steps", "3", "--tensorboard", "--out", str(out)])
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert {"vae", "vae/lr", "time"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("vae")] == [1, 2, 3]
