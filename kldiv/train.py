@@ -102,13 +102,14 @@ class RunConfig:
     ema: float = option(0.0, "also keep an exponential moving average of every network's weights with this decay "
                         "(e.g. 0.999); checkpointed, and what kldiv.evaluate scores (0: off)")
     num_workers: int = option(0, "data-loading worker processes")
+    keep: int = option(0, "also keep the last N checkpoints as checkpoint-STEP.pt beside checkpoint.pt (0: none)")
     tensorboard: bool = option(False, "also write the metrics for TensorBoard into --out/tensorboard "
                                "(pip install 'kldiv[tensorboard]')")
 
     def __post_init__(self):
         """Refuse values no run can use, naming the flag."""
         at_least = {"batch_size": 1, "steps": 0, "log_every": 1, "sample_every": 1, "checkpoint_every": 1,
-                    "image_size": 0, "hold_out": -1, "num_workers": 0}
+                    "image_size": 0, "hold_out": -1, "num_workers": 0, "keep": 0}
         for name, low in at_least.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -559,9 +560,22 @@ class Run:
         }
 
     def save(self) -> None:
-        """Write the checkpoint (rank 0 only), atomically."""
-        if self.is_main:
-            save_checkpoint(self.checkpoint_path, self._state())
+        """Write the checkpoint (rank 0 only), atomically; with ``--keep N`` also
+        keep it as ``checkpoint-STEP.pt`` and remove the numbered ones older than the last N."""
+        if not self.is_main:
+            return
+        save_checkpoint(self.checkpoint_path, self._state())
+        if self.cfg.keep:
+            numbered = self.out / f"checkpoint-{self.step:08d}.pt"
+            numbered.unlink(missing_ok=True)
+            try:
+                os.link(self.checkpoint_path, numbered)  # the same bytes, no copy
+            except OSError:
+                import shutil
+
+                shutil.copy2(self.checkpoint_path, numbered)
+            for old in sorted(self.out.glob("checkpoint-[0-9]*.pt"))[: -self.cfg.keep]:
+                old.unlink(missing_ok=True)
 
     def _resume(self) -> None:
         state = load_checkpoint(self.checkpoint_path, map_location=self.device)

@@ -232,3 +232,12 @@ def test_tensorboard_gets_the_same_metrics(tmp_path):
     events.Reload()
     assert {"vae", "vae/lr", "time"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("vae")] == [1, 2, 3]
+
+
+def test_keep_holds_the_last_checkpoints_by_step(tmp_path):
+    out = tmp_path / "run"
+    load_recipe("vae").main([*TINY, "--steps", "5", "--checkpoint-every", "1", "--keep", "2", "--out", str(out)])
+    names = sorted(f.name for f in out.glob("checkpoint*.pt"))
+    assert names == ["checkpoint-00000004.pt", "checkpoint-00000005.pt", "checkpoint.pt"]
+    assert load_checkpoint(out / "checkpoint-00000004.pt")["step"] == 4
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 5
