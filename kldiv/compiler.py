@@ -257,6 +257,9 @@ class Plan:
             with the density whose samples pay.
         cancelled: summands whose contributions summed to zero.
         fresh: per source, the networks whose gradient must flow through its samples.
+        score: summands whose gradient reaches networks through the
+            distribution of samples that carry no pathwise gradient, with the
+            source's log-density terms whose gradient (the score) carries it.
     """
 
     player: Player
@@ -266,6 +269,7 @@ class Plan:
     sampler_paid: tuple[tuple[Merged, Density], ...]
     cancelled: tuple[Merged, ...]
     fresh: tuple[tuple[Density, frozenset[nn.Module]], ...]
+    score: tuple[tuple[Merged, tuple[Term, ...]], ...] = ()
 
 
 def _merge(contributions: list[Contribution]) -> tuple[list[Merged], list[Merged]]:
@@ -317,7 +321,7 @@ def _closed_form(alive: list[Merged]) -> list[Merged]:
                 o
                 for o in out
                 if o.source is s
-                and o.term.key[0] == "standard_normal"
+                and o.term.key[0] in ("standard_normal", "prior")
                 and abs(o.coef + m.coef) < _EPS * max(1.0, abs(m.coef))
             ),
             None,
@@ -359,7 +363,7 @@ def _plan(player: Player, payers: dict[int, Density], name: _Namer, closed_form:
     alive, cancelled = _merge(player.objective.expand())
     if closed_form:
         alive = _closed_form(alive)
-    gradient, value_only, constants, paid = [], [], [], []
+    gradient, value_only, constants, paid, score = [], [], [], [], []
     used: set[int] = set()
     fresh: dict[int, tuple[Density, set[nn.Module]]] = {}
     who = f"player {player.name!r} ({player.direction}imises {player.objective})"
@@ -390,14 +394,19 @@ def _plan(player: Player, payers: dict[int, Density], name: _Namer, closed_form:
             )
         blocked = [net for net in via_samples if net not in s.pathwise(t.reads)]
         if blocked:
-            raise IntractableError(
-                f"{who}: {_signed(m.coef)} {m.label()} ({m.origin_text()}) depends on "
-                f"{name(blocked)} through the distribution of the samples of {s.name} "
-                f"({', '.join(sorted(t.reads))}), but those samples carry no gradient "
-                f"({s.describe_sampling()}). Remove {name(blocked)} from this player, or "
-                "give the player an objective whose gradient does not flow through "
-                f"{s.name}'s samples."
-            )
+            route = _score_route(s, blocked, theta)
+            if route is None:
+                raise IntractableError(
+                    f"{who}: {_signed(m.coef)} {m.label()} ({m.origin_text()}) depends on "
+                    f"{name(blocked)} through the distribution of the samples of {s.name} "
+                    f"({', '.join(sorted(t.reads))}), but those samples carry no gradient "
+                    f"({s.describe_sampling()}), and {s.name}'s log density in {name(blocked)} cannot "
+                    f"be computed for a score-function estimate. Remove {name(blocked)} from this player, "
+                    f"or give the player an objective whose gradient does not flow through {s.name}'s samples."
+                )
+            score.append((m, route))
+            fresh.setdefault(id(s), (s, set()))[1].update(blocked)
+            continue
         gradient.append(m)
         if s is not None and via_samples:
             fresh.setdefault(id(s), (s, set()))[1].update(via_samples)
@@ -426,7 +435,40 @@ def _plan(player: Player, payers: dict[int, Density], name: _Namer, closed_form:
         sampler_paid=tuple(paid),
         cancelled=tuple(cancelled),
         fresh=tuple((d, frozenset(mods)) for d, mods in fresh.values()),
+        score=tuple(score),
     )
+
+
+def _score_route(s: Density, blocked: list[nn.Module], theta: set[int]) -> tuple[Term, ...] | None:
+    r"""The terms of ``s``'s log density whose gradient is the score for ``blocked``, or ``None``.
+
+    $
+abla_	heta E_s[t] = E_s[
+abla_	heta t + (t - b)\,
+abla_	heta \log s(v)]$ for
+    any baseline $b$ independent of the sample: the score route exists when
+    every term of $\log s$ that involves a blocked network can be computed,
+    except a $\log Z$, which the centred form cancels ($
+abla \log Z$ is
+    the same for every sample, and $E_s[t - b] = 0$ with a leave-one-out $b$),
+    and when those terms reach no other network of the player (whose gradient
+    would then be counted twice).
+    """
+    blocked_ids = {id(net) for net in blocked}
+    route = []
+    for term in s.terms():
+        touches = {id(net) for net in term.modules} | ({id(term.normalizes)} if term.normalizes is not None else set())
+        if not touches & blocked_ids:
+            continue
+        if not (term.computable and term.evaluate is not None):
+            if term.normalizes is not None and id(term.normalizes) in blocked_ids:
+                continue  # log Z: centred away
+            return None
+        if {id(net) for net in term.modules} & theta - blocked_ids:
+            return None
+        route.append(term)
+    covered = {id(net) for term in route for net in term.modules}
+    return tuple(route) if route and blocked_ids <= covered else None
 
 
 def _intractable_message(who, m: Merged, via_term, via_samples, name: _Namer) -> str:
@@ -600,6 +642,7 @@ class Estimator:
             if m.source is not None
         ]
         drawn += [payer for plan in self.plans.values() for _, payer in plan.sampler_paid]
+        drawn += [m.source for plan in self.plans.values() for m, _ in plan.score]
         lines = []
         if drawn:  # with what they draw from: a Langevin start, the x of a DataDensity
             lines.append("samples per step:")
@@ -608,7 +651,7 @@ class Estimator:
             m
             for plan in self.plans.values()
             for m in itertools.chain(plan.gradient, plan.value_only, plan.constants, plan.cancelled)
-        ] + [m for plan in self.plans.values() for m, _ in plan.sampler_paid]
+        ] + [m for plan in self.plans.values() for m, _ in (*plan.sampler_paid, *plan.score)]
         width = max([28] + [len(m.label()) for m in every])
 
         def rows(ms, tail=lambda m: m.origin_text()):
@@ -622,6 +665,11 @@ class Estimator:
             )
             if plan.gradient:
                 lines += ["  gradient from:", *rows(plan.gradient)]
+            if plan.score:
+                routes = {id(m): ", ".join(k.label for k in r) for m, r in plan.score}
+                lines.append("  gradient by the score function (samples without a pathwise gradient; "
+                             "leave-one-out baseline):")
+                lines += rows([m for m, _ in plan.score], lambda m: f"score of {routes[id(m)]}; {m.origin_text()}")
             if plan.value_only:
                 lines += ["  in the value only (no gradient for this player):", *rows(plan.value_only)]
             if plan.sampler_paid:
@@ -847,6 +895,20 @@ class Round:
             e = self._expectation(m, samples)
             terms[m.label()] = e.detach()
             surrogate = surrogate + m.coef * e
+        for m, route in plan.score:
+            smp = samples[id(m.source)]
+            if smp.weights is not None:
+                raise CompileError(f"{m.label()}: the score-function route needs unweighted samples of "
+                                   f"{m.source.name}, which are importance-weighted")
+            t = self.term(m.term, smp)
+            n = t.shape[0]
+            if n < 2:
+                raise InputError(f"{m.label()} is estimated by the score function, whose leave-one-out "
+                                 "baseline needs at least 2 samples per round")
+            log_s = sum(k.sign * self.term(k, smp) for k in route)
+            baseline = (t.sum() - t) / (n - 1)  # leave-one-out: unbiased, and log Z drops out
+            terms[m.label()] = t.mean().detach()
+            surrogate = surrogate + m.coef * (t + (t - baseline).detach() * (log_s - log_s.detach())).mean()
         value = surrogate.detach()
         if self.values:
             for m in plan.value_only:
@@ -896,7 +958,7 @@ class Round:
         users = [
             name
             for name, plan in self.estimator.plans.items()
-            if any(m.term is term for m in plan.gradient + plan.value_only)
+            if any(m.term is term for m in plan.gradient + plan.value_only + tuple(m for m, _ in plan.score))
             or any(payer.energy_term is term for _, payer in plan.sampler_paid)
         ]
         nets = self.estimator._namer(term.modules) or "no network"

@@ -340,6 +340,7 @@ class GeneratorDensity(Density):
         latent_shape: int | tuple[int, ...],
         sigma: float | None = None,
         synthesis: Literal["sample", "mean"] = "sample",
+        prior: Distribution | None = None,
         name: str = "p",
         latex: str | None = None,
     ):
@@ -352,7 +353,16 @@ class GeneratorDensity(Density):
         self.latent_shape = _as_shape(latent_shape)
         self.sigma = None if sigma is None else float(sigma)
         self.synthesis = synthesis
-        self._terms = (
+        if prior is not None:
+            if not isinstance(prior, Distribution):
+                raise TypeError(f"prior must be a torch/pyro distribution over z, got {type(prior).__name__}")
+            if tuple(prior.batch_shape) != () or tuple(prior.event_shape) != self.latent_shape:
+                raise ValueError(
+                    f"prior must have batch shape () and event shape latent_shape {self.latent_shape} "
+                    f"(use .to_event), got batch {tuple(prior.batch_shape)}, event {tuple(prior.event_shape)}"
+                )
+        self.prior = prior
+        prior_term = (
             Term(
                 key=("standard_normal", self.latent_shape),
                 label="log N(z; 0, I)",
@@ -360,7 +370,19 @@ class GeneratorDensity(Density):
                 reads=frozenset({"z"}),
                 evaluate=lambda ev, s: _standard_normal_log_prob(s["z"]),
                 factor="z",
-            ),
+            )
+            if prior is None
+            else Term(
+                key=("prior", prior),
+                label="log p(z)",
+                latex=r"\log p(z)",
+                reads=frozenset({"z"}),
+                evaluate=lambda ev, s: prior.log_prob(s["z"]),
+                factor="z",
+            )
+        )
+        self._terms = (
+            prior_term,
             Term(
                 key=("likelihood", decoder, self.sigma),
                 label="log N(x; g(z), σ²I)" if self.sigma is not None else "log p(x|z)",
@@ -414,7 +436,7 @@ class GeneratorDensity(Density):
 
     def marginal_key(self, reads: frozenset[str]) -> Hashable:
         if reads == {"z"}:
-            return ("standard_normal", self.latent_shape)
+            return self._terms[0].key
         return super().marginal_key(reads)
 
     @property
@@ -422,7 +444,10 @@ class GeneratorDensity(Density):
         return True
 
     def sample(self, ev: Evaluator, n: int) -> Samples:
-        z = torch.randn((n, *self.latent_shape), device=ev.device, dtype=ev.dtype)
+        if self.prior is None:
+            z = torch.randn((n, *self.latent_shape), device=ev.device, dtype=ev.dtype)
+        else:  # a parameter-free prior: no gradient to carry, whether or not it has rsample
+            z = self.prior.sample((n,)).to(device=ev.device, dtype=ev.dtype)
         out = self._distribution_or_mean(ev, z)
         if isinstance(out, Distribution):
             if self.synthesis == "mean":
@@ -442,9 +467,10 @@ class GeneratorDensity(Density):
         return Samples({"x": x, "z": z})
 
     def describe_sampling(self) -> str:
+        z = "z ~ N(0, I)" if self.prior is None else "z ~ p(z)"
         if self.synthesis == "mean":
-            return "z ~ N(0, I), x = g(z) (noise-free synthesis)"
-        return "z ~ N(0, I), x ~ p(x|z) (reparameterised)"
+            return f"{z}, x = g(z) (noise-free synthesis)"
+        return f"{z}, x ~ p(x|z) (reparameterised)"
 
 
 class DataDensity(Density):
@@ -480,6 +506,7 @@ class DataDensity(Density):
         encoder: nn.Module | None = None,
         *,
         x: str | Density = "data",
+        reparameterized: bool = True,
         name: str = "q",
         latex: str | None = None,
     ):
@@ -487,6 +514,7 @@ class DataDensity(Density):
         if not isinstance(x, (str, Density)):
             raise TypeError(f"x must be an input name or a Density, got {type(x).__name__}")
         self.encoder = encoder
+        self.reparameterized = bool(reparameterized)
         self.x_source = x
         self.variables = ("x",) if encoder is None else ("x", "z")
         origin = x if isinstance(x, str) else x.name
@@ -514,7 +542,7 @@ class DataDensity(Density):
         return frozenset({self.encoder}) if "z" in reads else _NO_MODULES
 
     def pathwise(self, reads: frozenset[str]) -> frozenset[nn.Module]:
-        return self.dependence(reads)
+        return self.dependence(reads) if self.reparameterized else _NO_MODULES
 
     def marginal_key(self, reads: frozenset[str]) -> Hashable:
         if reads == {"x"}:  # x is the data, whatever the encoder
@@ -536,7 +564,12 @@ class DataDensity(Density):
             x = ev.samples(self.x_source)["x"].detach()
         if self.encoder is None:
             return Samples({"x": x})
-        return Samples({"x": x, "z": _rsample(ev.call(self.encoder, x), self)})
+        dist = ev.call(self.encoder, x)
+        if not self.reparameterized:
+            if not isinstance(dist, Distribution):
+                _rsample(dist, self)  # names the wrong return type
+            return Samples({"x": x, "z": dist.sample()})
+        return Samples({"x": x, "z": _rsample(dist, self)})
 
     def describe_sampling(self) -> str:
         origin = (
@@ -544,7 +577,10 @@ class DataDensity(Density):
             if isinstance(self.x_source, str)
             else f"samples of {self.x_source.name} (detached)"
         )
-        return f"x from {origin}" + ("" if self.encoder is None else ", z ~ q(z|x) (reparameterised)")
+        if self.encoder is None:
+            return f"x from {origin}"
+        how = "reparameterised" if self.reparameterized else "not reparameterised: score-function gradients"
+        return f"x from {origin}, z ~ q(z|x) ({how})"
 
 
 def conditional_term(encoder: nn.Module, name: str = "q") -> Term:
@@ -580,6 +616,7 @@ def prior_kl_term(conditional: Term, prior: Term) -> Term:
     its expectation is the same either way and only its variance changes.
     """
     (encoder,) = conditional.modules
+    given = prior.key[1] if prior.key[0] == "prior" else None  # a GeneratorDensity's own prior
 
     def evaluate(ev: Evaluator, s: Samples) -> Tensor:
         q = ev.call(encoder, s["x"])
@@ -590,21 +627,24 @@ def prior_kl_term(conditional: Term, prior: Term) -> Term:
             )
         event = z.dim() - 1
         if tuple(q.event_shape) == tuple(z.shape[1:]):
-            base = torch.distributions.Normal(torch.zeros_like(z), torch.ones_like(z))
-            std = torch.distributions.Independent(base, event) if event else base
+            if given is None:
+                base = torch.distributions.Normal(torch.zeros_like(z), torch.ones_like(z))
+                target = torch.distributions.Independent(base, event) if event else base
+            else:
+                target = given.expand(q.batch_shape)
             try:
-                return torch.distributions.kl_divergence(q, std)
+                return torch.distributions.kl_divergence(q, target)
             except NotImplementedError:
                 pass
         log_q = q.log_prob(z)
         if log_q.dim() != 1:  # not one value per sample: left for the first-step shape check to name
             return log_q
-        return log_q - _standard_normal_log_prob(z)
+        return log_q - (_standard_normal_log_prob(z) if given is None else given.log_prob(z))
 
     return Term(
         key=("prior_kl", conditional.key, prior.key),
-        label=f"KL({conditional.label.removeprefix('log ')} ‖ N(0, I))",
-        latex=r"\mathrm{KL}(q_\phi(\cdot \mid x) \,\|\, \mathcal{N}(0, I))",
+        label=f"KL({conditional.label.removeprefix('log ')} ‖ {'N(0, I)' if given is None else 'p(z)'})",
+        latex=r"\mathrm{KL}(q_\phi(\cdot \mid x) \,\|\, " + (r"\mathcal{N}(0, I))" if given is None else "p(z))"),
         reads=frozenset({"x", "z"}),
         modules=conditional.modules,
         evaluate=evaluate,
@@ -621,7 +661,9 @@ def _rsample(dist: object, owner: Density) -> Tensor:
     if not dist.has_rsample:
         raise TypeError(
             f"the encoder of {owner!r} returns a {type(dist).__name__}, which cannot be "
-            "reparameterised; kldiv draws z by rsample() so that gradients reach the encoder"
+            "reparameterised; kldiv draws z by rsample() so that gradients reach the encoder. For a "
+            "discrete z, give DataDensity(encoder, reparameterized=False): the compiler then estimates "
+            "the encoder's gradient by the score function"
         )
     return dist.rsample()
 

@@ -403,7 +403,6 @@ class Run:
         self._check_out_dir()
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self._write_config()
 
     def _write_config(self) -> None:
         """``config.json``: the resolved configuration, the versions, and the commit when there is one."""
@@ -541,6 +540,8 @@ class Run:
             estimator.distribute(wrappers)
         if self.cfg.resume:
             self._resume()
+        if self.is_main:  # after a resume has been accepted: a refused one writes nothing
+            self._write_config()
 
     def _state(self) -> dict:
         return {
