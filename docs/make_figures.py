@@ -43,6 +43,7 @@ PAGES = (
     "tutorials/bidvl.md",
     "tutorials/mcmc-teaching.md",
     "tutorials/custom-density.md",
+    "tutorials/discrete-latents.md",
 )
 
 _FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrizations, parametrize
 
 __all__ = [
+    "BernoulliEncoder",
     "Descriptor",
     "EnergyX",
     "FrozenMeanEncoder",
@@ -302,6 +303,38 @@ class GaussianEncoder(nn.Module):
         h = rearrange(self.net(x), "n (two d) 1 1 -> two n d", two=2)  # (2, n, d)
         mu, scale = h[0], F.softplus(h[1]) + self.min_scale
         return dist.Normal(mu, scale).to_event(1)
+
+
+class BernoulliEncoder(nn.Module):
+    r"""An inference network over binary codes, $q_\phi(z \mid x) = \prod_i \mathrm{Bernoulli}(z_i; \sigma(\ell_{\phi,i}(x)))$.
+
+    The trunk of [`GaussianEncoder`][kldiv.nn.GaussianEncoder], ending in
+    $d$ logits $\ell_\phi(x)$. Its samples cannot be reparameterised: give it
+    to ``DataDensity(encoder, reparameterized=False)``, and the compiler
+    estimates the encoder's gradient by the score function.
+
+    Arguments:
+        image_shape: ``(C, H, W)`` with $H = W$.
+        latent_dim: the number $d$ of bits.
+        width: the channel width $w$ of the first layer.
+        init_std: standard deviation of [`init_weights`][kldiv.nn.init_weights];
+            ``None`` keeps PyTorch's initialisation.
+    """
+
+    def __init__(self, image_shape: Sequence[int], latent_dim: int, width: int = 64, *,
+                 init_std: float | None = 0.02):
+        super().__init__()
+        c, _, k, s0 = _size_plan(image_shape)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.latent_dim = int(latent_dim)
+        trunk, ch = _conv_trunk(c, k, width, batch_norm=True, slope=0.2)
+        self.net = nn.Sequential(trunk, nn.Conv2d(ch, self.latent_dim, s0, 1, 0))
+        if init_std is not None:
+            init_weights(self, init_std)
+
+    def forward(self, x: Tensor) -> dist.Distribution:
+        """``pyro.distributions.Bernoulli(logits=...).to_event(1)``: batch ``(n,)``, event ``(d,)``."""
+        return dist.Bernoulli(logits=self.net(x).flatten(1)).to_event(1)
 
 
 class EnergyX(nn.Module):

@@ -157,3 +157,16 @@ def test_without_a_computable_log_density_the_score_route_is_refused():
     # log s cancels; E_s[log p2 - log p] still depends on net through the samples alone
     with pytest.raises(IntractableError, match=r"carry no gradient(.|\n)*cannot be computed for a score-function"):
         (KL(src, p) - KL(src, p2)).minimize(src, name="s").compile()
+
+
+def test_the_convolutional_bernoulli_encoder_trains_through_a_compiled_step():
+    from kldiv.nn import BernoulliEncoder, Generator
+
+    torch.manual_seed(0)
+    enc, dec = BernoulliEncoder((1, 8, 8), 6, width=4), Generator(6, (1, 8, 8), width=4)
+    prior = dist.Bernoulli(probs=torch.full((6,), 0.5)).to_event(1)
+    q = DataDensity(enc, reparameterized=False)
+    p = GeneratorDensity(dec, latent_shape=6, sigma=0.5, prior=prior)
+    out = KL(q, p).minimize(q, p, name="vae").compile()(torch.rand(16, 1, 8, 8) * 2 - 1)
+    out.backward()
+    assert all(q_.grad is not None and torch.isfinite(q_.grad).all() for q_ in enc.parameters())
