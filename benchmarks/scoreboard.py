@@ -172,7 +172,7 @@ def figure(models: list[str], rows: dict, out: Path, path: Path) -> None:
         if m == "mcmc-teaching" and (out / m / "revised_samples.pt").exists():
             panels.append((f"{TITLES[m]}, revised\nFD {rows[m]['fd_revised']:.1f}",
                            torch.load(out / m / "revised_samples.pt")))
-    fig = Figure(figsize=(2.6 * len(panels), 3.0))
+    fig = Figure(figsize=(2.6 * len(panels), 3.2))
     FigureCanvasAgg(fig)
     for i, (title, x) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -180,7 +180,7 @@ def figure(models: list[str], rows: dict, out: Path, path: Path) -> None:
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=110)
 
 
