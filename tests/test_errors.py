@@ -262,6 +262,7 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the plain pickle
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
 def test_a_bad_checkpoint_is_named_and_left_as_it_is(case, vae_run):
     corrupt, words = CORRUPTIONS[case]
