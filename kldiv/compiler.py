@@ -351,7 +351,10 @@ def _plan(player: Player, payers: dict[int, Density], name: _Namer, closed_form:
     Otherwise it must be estimable along the pathwise route: $t$ computable,
     $s$ sampleable, and every network of the sample route in
     `Density.pathwise` (the samples carry its gradient, reparameterised), so
-    that $\nabla_\theta \frac1n \sum_i t(v_i)$ is unbiased; a $\log Z$
+    that $\nabla_\theta \frac1n \sum_i t(v_i)$ is unbiased — or, where the
+    samples carry no gradient for some of those networks, along the
+    *score-function* route, when $s$'s log density in them can be computed
+    (`_score_route`); a $\log Z$
     summand instead is *sampler-paid*, $\nabla \log Z = E_\pi[\nabla f]$, when an
     energy-based density on the same network has a sampler. Anything else is
     an [`IntractableError`][kldiv.errors.IntractableError] naming the term,
@@ -405,7 +408,7 @@ def _plan(player: Player, payers: dict[int, Density], name: _Namer, closed_form:
                     f"or give the player an objective whose gradient does not flow through {s.name}'s samples."
                 )
             score.append((m, route))
-            fresh.setdefault(id(s), (s, set()))[1].update(blocked)
+            fresh.setdefault(id(s), (s, set()))[1].update(via_samples)  # samples of the current parameters
             continue
         gradient.append(m)
         if s is not None and via_samples:

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import math
-import glob
 import os
 import pickle
 import random
