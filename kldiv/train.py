@@ -706,16 +706,15 @@ class Run:
                 self.metrics[f"{player}/grad_norm"] = float(norm)
 
     def _stop_note(self, player: str) -> str:
-        last = (
-            f"{self.checkpoint_path} (after step {self._last_saved})"
-            if self._last_saved is not None
-            else f"{self.checkpoint_path} as it was" if self.cfg.resume else "none written yet"
-        )
-        return (
-            f"player {player!r} in step {self.step + 1} of {self.cfg.steps}: the run stops before updating. "
-            f"The last good checkpoint is {last}; resume from it with --resume, perhaps with a lower "
-            "learning rate or --amp none."
-        )
+        where = f"player {player!r} in step {self.step + 1} of {self.cfg.steps}: the run stops before updating. "
+        if self._last_saved is None and not self.cfg.resume:
+            return where + (f"No checkpoint was written yet (the first is due after step "
+                            f"{min(self.cfg.checkpoint_every, self.cfg.steps)}); start again, perhaps with a "
+                            "lower learning rate or --amp none.")
+        last = (f"{self.checkpoint_path} (after step {self._last_saved})" if self._last_saved is not None
+                else f"{self.checkpoint_path} as it was")
+        return where + (f"The last good checkpoint is {last}; resume from it with --resume, perhaps with a "
+                        "lower learning rate or --amp none.")
 
     @property
     def logging(self) -> bool:
