@@ -818,20 +818,24 @@ class Round:
                     raise
                 name = self.estimator._namer([module])
                 if isinstance(err, ValueError) and str(err).startswith("Expected parameter"):
-                    raise NonFiniteError(
+                    exc: Exception = NonFiniteError(
                         f"network {name} gave a distribution with invalid parameters (NaN, inf or out of "
                         f"range) when first run: {str(err).splitlines()[0]}. Check its initialisation."
-                    ) from err
+                    )
+                    exc.network_error = err  # the original, for debugging; not printed before kldiv's message
+                    raise exc from None
                 given = ", ".join(f"{tuple(a.shape)} {a.dtype}" if isinstance(a, Tensor) else type(a).__name__
                                   for a in args)
                 expects = "; ".join(f"{k} {getattr(module, k)}" for k in ("image_shape", "latent_dim")
                                     if hasattr(module, k))
-                raise ShapeError(
+                exc = ShapeError(
                     f"network {name} failed when first run, on inputs {given}"
                     + (f" (it was built for {expects})" if expects else "")
                     + f": {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Check that the "
                     "batch's shape and the latent sizes of the encoder, the decoder and latent_shape agree."
-                ) from err
+                )
+                exc.network_error = err  # the original, for debugging; not printed before kldiv's message
+                raise exc from None
             self.estimator._checked.add(seen)
         self._calls[key] = _Entry((module, args), versions, out)
         return out

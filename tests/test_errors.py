@@ -319,3 +319,10 @@ def test_a_diverging_run_stops_like_a_non_finite_one(vae_run):
     assert after["step"] == before["step"] == 2
     for k, v in before["networks"]["generator"].items():
         assert torch.equal(v, after["networks"]["generator"][k])
+
+
+def test_a_network_failure_prints_kldivs_message_first_and_keeps_the_original():
+    with pytest.raises(ShapeError) as info:
+        triangle()(torch.randn(5, 3, 8, 8))
+    assert info.value.__suppress_context__ and info.value.__cause__ is None  # no torch traceback above it
+    assert isinstance(info.value.network_error, RuntimeError)
