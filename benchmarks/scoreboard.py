@@ -10,6 +10,7 @@ same number of steps, batch size, network width and latent size for all; then
 | --- | --- |
 | FD | Fréchet distance of 2,000 generator samples to the normal test digits, in the features of kldiv's MNIST classifier (lower is better) |
 | FD revised | the same for the MCMC-taught EBM's revised samples: the VAE's samples after the recipe's Langevin chain, clamped to [-1, 1] |
+| FID, FID revised | with ``--fid``: the same samples' Fréchet Inception distance (`kldiv.metrics.inception_fid`, the ``fid`` extra) |
 | RMSE | reconstruction error g(mu(x)) of the normal test digits, in [-1, 1] units |
 | AUROC | OOD detection of Fashion-MNIST, uniform noise and constant images against the normal test digits, by the model's own score (the energy; the negative ELBO for the VAE) |
 | AUPRC | anomaly detection of the held-out digit among the test digits, by the same score |
@@ -141,7 +142,7 @@ def generator_samples(run_dir: Path, n: int, device: str) -> torch.Tensor:
 def score(model: str, run_dir: Path, args) -> dict:
     """Evaluate one finished run: `kldiv.evaluate`, the speed, and the revised samples' distance."""
     report = evaluate(run_dir, data_root=args.data_root, samples=args.samples, test_images=args.test_images,
-                      device=_device(args.device), download=args.download)
+                      device=_device(args.device), download=args.download, fid=args.fid)
     row = {
         "fd": report.get("mnist_frechet_distance", math.nan),
         "rmse": report.get("reconstruction_rmse", math.nan),
@@ -150,12 +151,16 @@ def score(model: str, run_dir: Path, args) -> dict:
         "score": report.get("ood_score"),
         "steps_per_second_training": steps_per_second(run_dir),
     }
+    if args.fid:
+        row["fid"] = report["fid"]
     if model == "mcmc-teaching":
         split = anomaly_split("mnist", args.data_root, args.hold_out, download=args.download)
         images, labels = split.test.tensors()
         normal = images[labels == 0][: args.test_images]
         revised = revised_samples(run_dir, args.samples, _device(args.device), args.seed).clamp(-1, 1)
         row["fd_revised"] = metrics.mnist_frechet_distance(normal, revised)
+        if args.fid:
+            row["fid_revised"] = metrics.inception_fid(normal[: len(revised)], revised, device=_device(args.device))
         torch.save(revised[:64], run_dir / "revised_samples.pt")
     return row
 
@@ -217,9 +222,10 @@ def claims(rows: dict) -> list[str]:
 
 
 def table(models: list[str], rows: dict, args, wall: float | None, command: str) -> str:
-    head = ("| model | FD ↓ | FD revised ↓ | RMSE ↓ | AUROC Fashion ↑ | AUROC noise ↑ | AUROC constant ↑ | "
+    fid = " FID ↓ | FID revised ↓ |" if args.fid else ""
+    head = (f"| model | FD ↓ | FD revised ↓ |{fid} RMSE ↓ | AUROC Fashion ↑ | AUROC noise ↑ | AUROC constant ↑ | "
             f"AUPRC digit {args.hold_out} ↑ | score | steps/s |")
-    lines = [head, "| --- | " + " | ".join("---" for _ in range(9)) + " |"]
+    lines = [head, "| --- | " + " | ".join("---" for _ in range(9 + 2 * bool(args.fid))) + " |"]
     for m in models:
         if m not in rows:
             lines.append(f"| {TITLES[m]} | no checkpoint: the run stopped before its first |" + " |" * 8)
@@ -227,7 +233,9 @@ def table(models: list[str], rows: dict, args, wall: float | None, command: str)
         r = rows[m]
         name = TITLES[m] + (f" (stopped at step {r['step']})" if "stopped" in r else "")
         lines.append(
-            f"| {name} | {_fmt(r['fd'], 1)} | {_fmt(r.get('fd_revised', math.nan), 1)} | {_fmt(r['rmse'])} | "
+            f"| {name} | {_fmt(r['fd'], 1)} | {_fmt(r.get('fd_revised', math.nan), 1)} | "
+            + (f"{_fmt(r['fid'], 1)} | {_fmt(r.get('fid_revised', math.nan), 1)} | " if args.fid else "")
+            + f"{_fmt(r['rmse'])} | "
             + " | ".join(_fmt(r["auroc"][k]) for k in OOD)
             + f" | {_fmt(r['auprc'])} | `{r['score']}` | {_fmt(r['steps_per_second'], 2)} |"
         )
@@ -251,6 +259,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     ap.add_argument("--samples", type=int, default=2000, help="generated images per Fréchet distance")
     ap.add_argument("--test-images", type=int, default=10000, help="test images scored per data set")
+    ap.add_argument("--fid", action="store_true",
+                    help="also the Inception FID of the samples (pip install 'kldiv[fid]'; slow on a CPU)")
     ap.add_argument("--mcmc-args", default=None, help='extra arguments of the MCMC-teaching recipe '
                     '(default "--langevin-steps 15 --step-size 0.002")')
     ap.add_argument("--data-root", default=str(DATA_ROOT))
