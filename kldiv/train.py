@@ -100,7 +100,8 @@ class RunConfig:
     max_loss: float = option(1e12, "stop, as on a NaN, when a player's loss exceeds this in magnitude "
                              "(a diverging run; 0: no bound)")
     ema: float = option(0.0, "also keep an exponential moving average of every network's weights with this decay "
-                        "(e.g. 0.999); checkpointed, and what kldiv.evaluate scores (0: off)")
+                        "(e.g. 0.999; buffers are the live network's); checkpointed, and what kldiv.evaluate "
+                        "scores (0: off)")
     num_workers: int = option(0, "data-loading worker processes")
     keep: int = option(0, "also keep the last N checkpoints as checkpoint-STEP.pt beside checkpoint.pt (0: none)")
     tensorboard: bool = option(False, "also write the metrics for TensorBoard into --out/tensorboard "
@@ -527,7 +528,9 @@ class Run:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             avg = get_ema_multi_avg_fn(self.cfg.ema)
-            self.ema = {k: AveragedModel(m, multi_avg_fn=avg, use_buffers=True) for k, m in self.networks.items()}
+            # parameters are averaged; buffers are copied from the live network (batch-norm statistics,
+            # and spectral norm's power-iteration vectors, whose average is no singular vector at all)
+            self.ema = {k: AveragedModel(m, multi_avg_fn=avg, use_buffers=False) for k, m in self.networks.items()}
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -740,6 +743,9 @@ class Run:
         self.step += 1
         for k, a in self.ema.items():
             a.update_parameters(self.networks[k])
+            with torch.no_grad():
+                for mine, live in zip(a.module.buffers(), self.networks[k].buffers()):
+                    mine.copy_(live)
         if self.schedulers and self.step % self.steps_per_epoch == 0:
             for s in self.schedulers.values():
                 s.step()

@@ -241,3 +241,21 @@ def test_keep_holds_the_last_checkpoints_by_step(tmp_path):
     assert names == ["checkpoint-00000004.pt", "checkpoint-00000005.pt", "checkpoint.pt"]
     assert load_checkpoint(out / "checkpoint-00000004.pt")["step"] == 4
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 5
+
+
+def test_the_moving_average_of_a_spectrally_normalised_energy_scores_like_the_network(tmp_path):
+    """Averaged power-iteration vectors are no singular vectors: the average copies them instead."""
+    from kldiv.evaluate import load_run, scorer
+
+    out = tmp_path / "run"
+    load_recipe("latent_ebm").main([*TINY, "--steps", "30", "--ema", "0.9", "--out", str(out)])
+    x = torch.rand(64, 1, 8, 8) * 2 - 1
+    scores = {}
+    for ema in (False, True):
+        state, nets, _ = load_run(out, ema=ema)
+        scores[ema] = scorer(nets, state["config"])[0](x)
+        sd = state["ema" if ema else "networks"]["energy"]
+        u = [v for k, v in sd.items() if k.endswith("_u")]
+        assert u and all(abs(float(t.norm()) - 1) < 1e-3 for t in u)  # unit vectors, as power iteration keeps them
+    assert scores[True].std() > 0.1 * scores[False].std()  # not the constant of a blown-up average
+    assert torch.corrcoef(torch.stack([scores[True], scores[False]]))[0, 1] > 0.5
