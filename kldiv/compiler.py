@@ -502,8 +502,14 @@ def _intractable_message(who, m: Merged, via_term, via_samples, name: _Namer) ->
 # ----------------------------------------------------------------------------------------
 # The estimator
 # ----------------------------------------------------------------------------------------
-class Estimator:
+class Estimator(nn.Module):
     """A compiled game: call it on a batch to get one surrogate loss per player.
+
+    An ``nn.Module`` holding the game's networks (``estimator.networks``, by
+    the names `explain` uses with ``_`` for ``.``), so ``.to()``,
+    ``state_dict()``, ``.train()`` / ``.eval()`` and ``parameters()`` act on
+    all of them; `player_parameters` gives one player's, for its optimiser
+    (``parameters("name")`` is the same).
 
     ``estimator(x)`` is one *simultaneous* step: samples drawn once, networks
     run once per sample set, every player's loss built from the same
@@ -530,6 +536,7 @@ class Estimator:
     def __init__(self, game: Game, *, values: bool = True, closed_form: bool = True):
         if not game.players:
             raise CompileError("the game has no players; add one with minimize or maximize")
+        super().__init__()
         self.game = game
         self.values = values
         densities = game.densities()
@@ -549,7 +556,13 @@ class Estimator:
             for m in p.networks:
                 self._owners[id(m)] = self._owners.get(id(m), frozenset()) | {p.name}
         self._wrappers: dict[int, nn.Module] = {}
-        self._parameters = {name: plan.player.parameters() for name, plan in self.plans.items()}
+        self._player_params = {name: plan.player.parameters() for name, plan in self.plans.items()}
+        self.networks = nn.ModuleDict()
+        for m in self._networks.values():
+            key = self._namer([m]).replace(".", "_")
+            while key in self.networks:
+                key += "_"
+            self.networks[key] = m
         # terms and sources whose first output passed the shape and finiteness checks
         self._checked: set[Hashable] = set()
 
@@ -620,7 +633,7 @@ class Estimator:
         if named:
             self._checked.add(("inputs",))
 
-    def __call__(
+    def forward(
         self,
         inputs: Tensor | Mapping[str, Tensor] | None = None,
         *,
@@ -628,7 +641,7 @@ class Estimator:
         players: Iterable[str] | None = None,
         **named: Tensor,
     ) -> StepOutput:
-        """One simultaneous step: every player's loss from one shared evaluation."""
+        """One simultaneous step (``estimator(x)``): every player's loss from one shared evaluation."""
         r = self.round(inputs, n=n, **named)
         names = list(self.plans) if players is None else list(players)
         losses = {name: r.loss(name) for name in names}
@@ -688,9 +701,19 @@ class Estimator:
                 lines += [f"    {m.label():<{width + 2}} {m.origin_text()}" for m in plan.cancelled]
         return "\n".join(lines).lstrip("\n")
 
-    def parameters(self, player: str) -> list[nn.Parameter]:
+    def player_parameters(self, player: str) -> list[nn.Parameter]:
         """The trainable parameters of ``player`` (for its optimiser), as at compile time."""
-        return self._parameters[player]
+        try:
+            return self._player_params[player]
+        except KeyError:
+            raise KeyError(f"no player {player!r}; the players are {list(self.plans)}") from None
+
+    def parameters(self, player: str | bool = True, recurse: bool = True):  # type: ignore[override]
+        """``parameters("name")``: that player's parameters, as `player_parameters`;
+        ``parameters()``: every network's, as any ``nn.Module``'s."""
+        if isinstance(player, str):
+            return self.player_parameters(player)
+        return super().parameters(recurse=bool(player) and recurse)
 
 
 @attrs.frozen(eq=False)

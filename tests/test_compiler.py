@@ -425,3 +425,21 @@ def test_closed_form_needs_z_drawn_from_that_encoder():
     enc, dec, f, q, p, pi = triangle_parts()
     plan = KL(p, q).minimize(q).compile().plans["q"]
     assert _labels(plan.gradient) == ["E_p[log q(z|x)]"]
+
+
+def test_the_estimator_is_a_module_holding_the_games_networks():
+    enc, dec, f, q, p, pi = triangle_parts()
+    est = (KL(q, p) + KL(p, pi) - KL(q, pi)).minimize(p, q, name="vae").maximize(pi, name="ebm").compile()
+    assert isinstance(est, nn.Module)
+    assert set(est.networks) == {"p_decoder", "q_encoder", "π_energy"}
+    every = {id(t) for m in (enc, dec, f) for t in m.parameters()}
+    assert {id(t) for t in est.parameters()} == every
+    assert {id(t) for t in est.player_parameters("ebm")} == {id(t) for t in f.parameters()}
+    assert est.parameters("vae") == est.player_parameters("vae")
+    assert {k.split(".")[1] for k in est.state_dict()} == {"p_decoder", "q_encoder", "π_energy"}
+    est.to(torch.float32)
+    assert all(t.dtype == torch.float32 for t in f.parameters())
+    est.eval()
+    assert not enc.training
+    with pytest.raises(KeyError, match="no player 'gen'"):
+        est.player_parameters("gen")
