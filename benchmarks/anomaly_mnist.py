@@ -105,9 +105,11 @@ def train(model: str, split, args, out: Path) -> dict:
         for kind in kinds:
             s = score_run(out, x, kind == "ema", device)
             auprcs[kind].append(anomaly_auprc(s, labels))
+            if kind == "last":
+                last = s  # the plots show the last weights' scores
         shown = ", ".join(f"{k} {v[-1]:.3f}" for k, v in auprcs.items())
         print(f"  {model} digit {split.held_out} epoch {epoch}: AUPRC {shown}", flush=True)
-    plot(model, split.held_out, s, labels, out)
+    plot(model, split.held_out, last, labels, out)
     result = {"seconds": time.perf_counter() - t0, "steps": per_epoch * args.epochs}
     for kind, values in auprcs.items():
         key = "auprc" if kind == "last" else "auprc_ema"
