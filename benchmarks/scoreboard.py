@@ -51,6 +51,7 @@ from common import DATA_ROOT, MODELS, load_recipe  # noqa: E402
 from kldiv import metrics  # noqa: E402
 from kldiv.data import anomaly_split  # noqa: E402
 from kldiv.evaluate import evaluate, load_run  # noqa: E402
+from kldiv.evaluate import generator_samples as samples_of  # noqa: E402
 from kldiv.train import load_checkpoint  # noqa: E402
 
 # the scoreboard's own arguments of a recipe, beyond the shared budget
@@ -130,13 +131,9 @@ def revised_samples(run_dir: Path, n: int, device: str, seed: int) -> torch.Tens
 
 
 def generator_samples(run_dir: Path, n: int, device: str) -> torch.Tensor:
-    """``n`` generator samples g(z) from the z that `kldiv.evaluate` uses (seed 0)."""
+    """``n`` generator samples of a run, the images `kldiv.evaluate` scores."""
     state, nets, _ = load_run(run_dir, device=device)
-    G = nets["generator"]
-    d = state["architecture"]["generator"][1]["latent_dim"]
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        return torch.cat([G(torch.randn(500, d, generator=g).to(device)).cpu() for _ in range(-(-n // 500))])[:n]
+    return samples_of(nets["generator"], state["architecture"]["generator"][1]["latent_dim"], n, device).cpu()
 
 
 def score(model: str, run_dir: Path, args) -> dict:

@@ -810,7 +810,7 @@ class Round:
         self._samples: dict[int, _Entry] = {}
         self._terms: dict[tuple, _Entry] = {}
         self._values: dict[str, Tensor] = {}
-        self._term_values: dict[str, dict[str, Tensor]] = {}
+        self._term_values: dict[str, dict[Merged, Tensor]] = {}
         self._done: set[str] = set()  # players that have back-propagated in this round
 
     # --- the Evaluator protocol ---------------------------------------------------------
@@ -920,10 +920,10 @@ class Round:
             if m.source is not None and id(m.source) not in samples:
                 samples[id(m.source)] = self.samples(m.source)
         surrogate = torch.zeros((), device=self.device, dtype=self.dtype)
-        terms: dict[str, Tensor] = {}
+        terms: dict[Merged, Tensor] = {}  # labelled only when read (Round.terms), off the step's path
         for m in plan.gradient:
             e = self._expectation(m, samples)
-            terms[m.label()] = e.detach()
+            terms[m] = e.detach()
             surrogate = surrogate + m.coef * e
         for m, route in plan.score:
             smp = samples[id(m.source)]
@@ -937,13 +937,13 @@ class Round:
                                  "baseline needs at least 2 samples per round")
             log_s = sum(k.sign * self.term(k, smp) for k in route)
             baseline = (t.sum() - t) / (n - 1)  # leave-one-out: unbiased, and log Z drops out
-            terms[m.label()] = t.mean().detach()
+            terms[m] = t.mean().detach()
             surrogate = surrogate + m.coef * (t + (t - baseline).detach() * (log_s - log_s.detach())).mean()
         value = surrogate.detach()
         if self.values:
             for m in plan.value_only:
                 e = self._expectation(m, samples).detach()
-                terms[m.label()] = e
+                terms[m] = e
                 value = value + m.coef * e
         self._term_values[name] = terms
         for m, payer in plan.sampler_paid:
@@ -968,7 +968,7 @@ class Round:
         """The summands of ``player``'s last `value`, before their coefficients, by the
         labels `Estimator.explain` gives them (``"E_q[log N(x; g(z), σ²I)]"``); the
         value-only ones only in a round that computes values."""
-        return dict(self._term_values[player])
+        return {m.label(): v for m, v in self._term_values[player].items()}
 
     def backward(self, player: str, *, retain_graph: bool = True) -> Tensor:
         """Compute ``player``'s loss (if not yet computed on the current parameters)

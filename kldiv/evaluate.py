@@ -40,7 +40,7 @@ from kldiv import metrics
 from kldiv.data import DatasetNotFoundError, anomaly_split, load_dataset
 from kldiv.train import build_networks, load_checkpoint
 
-__all__ = ["evaluate", "load_run", "main", "scorer"]
+__all__ = ["evaluate", "generator_samples", "load_run", "main", "scorer"]
 
 # Out-of-distribution sets to try for each training set (those whose files are present).
 OOD_SETS = {
@@ -77,6 +77,14 @@ def load_run(run_dir: str | Path, *, device: str = "cpu", ema: bool = True) -> t
         net.load_state_dict((state["ema"] if averaged else state["networks"])[name])
         net.to(device).eval()
     return state, nets, f"moving average (decay {state['config']['ema']})" if averaged else "last step"
+
+
+@torch.no_grad()
+def generator_samples(generator: torch.nn.Module, latent_dim: int, n: int, device: str = "cpu") -> torch.Tensor:
+    r"""``n`` samples $g(z)$, $z \sim N(0, I)$ from a generator seeded 0: the same images on every call."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    out = [generator(torch.randn(500, latent_dim, generator=g).to(device)) for _ in range(-(-n // 500))]
+    return torch.cat(out)[:n]
 
 
 def scorer(nets: dict, cfg: dict, device: str = "cpu"):
@@ -158,9 +166,7 @@ def evaluate(
         report["reconstruction_sse_per_image"] = err.sse_per_image
 
     if G is not None:
-        latent = state["architecture"]["generator"][1]["latent_dim"]
-        g = torch.Generator(device="cpu").manual_seed(0)
-        fake = torch.cat([G(torch.randn(500, latent, generator=g).to(device)) for _ in range(-(-samples // 500))])[:samples]
+        fake = generator_samples(G, state["architecture"]["generator"][1]["latent_dim"], samples, device)
         if test.shape[1] == 1:
             report["mnist_frechet_distance"] = metrics.mnist_frechet_distance(_resize(test, 28), _resize(fake, 28))
             report["mnist_frechet_distance_note"] = (
