@@ -16,6 +16,7 @@ MODELS = {
     "triangle": ("triangle", "triangle (2019)"),
     "bidvl": ("bidvl", "BiDVL (2022)"),
     "mcmc-teaching": ("mcmc_teaching", "MCMC teaching (2021)"),
+    "latent-prior-ebm": ("latent_prior_ebm", "latent-space EBM prior (Pang 2020)"),
 }
 
 

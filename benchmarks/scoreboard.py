@@ -52,6 +52,7 @@ from kldiv import metrics  # noqa: E402
 from kldiv.data import anomaly_split  # noqa: E402
 from kldiv.evaluate import evaluate, load_run  # noqa: E402
 from kldiv.evaluate import generator_samples as samples_of  # noqa: E402
+from kldiv.evaluate import latent_samples  # noqa: E402
 from kldiv.train import load_checkpoint  # noqa: E402
 
 # the scoreboard's own arguments of a recipe, beyond the shared budget
@@ -133,7 +134,8 @@ def revised_samples(run_dir: Path, n: int, device: str, seed: int) -> torch.Tens
 def generator_samples(run_dir: Path, n: int, device: str) -> torch.Tensor:
     """``n`` generator samples of a run, the images `kldiv.evaluate` scores."""
     state, nets, _ = load_run(run_dir, device=device)
-    return samples_of(nets["generator"], state["architecture"]["generator"][1]["latent_dim"], n, device).cpu()
+    z = latent_samples(nets, state["config"], n, device)  # by the prior's sampler where it has one
+    return samples_of(nets["generator"], z.shape[1], n, device, z=z).cpu()
 
 
 def score(model: str, run_dir: Path, args) -> dict:

@@ -5,6 +5,7 @@ from kldiv.compiler import Estimator, Game, Player, Round, StepOutput, sample
 from kldiv.densities import (
     DataDensity,
     DecoupledEBLVM,
+    EnergyPrior,
     Density,
     GeneratorDensity,
     LatentEBM,
@@ -22,6 +23,7 @@ __all__ = [
     "Contribution",
     "DataDensity",
     "DecoupledEBLVM",
+    "EnergyPrior",
     "Density",
     "Divergence",
     "Estimator",

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from kldiv.algebra import Contribution, Expression
-from kldiv.densities import DataDensity, Density, Samples, Term, _EnergyBased, prior_kl_term
+from kldiv.densities import Density, Samples, Term, _EnergyBased, prior_kl_term
 from kldiv.errors import (
     CompileError,
     InputError,
@@ -183,10 +183,7 @@ class Game:
             if id(d) in seen:
                 continue
             seen[id(d)] = d
-            if isinstance(d, DataDensity) and isinstance(d.x_source, Density):
-                stack.append(d.x_source)
-            if isinstance(d, _EnergyBased) and d.sampler is not None:
-                stack.extend(d.sampler.sources())
+            stack.extend(d.sources())
         return tuple(seen.values())
 
     def compile(self, *, values: bool = True, closed_form: bool = True) -> Estimator:

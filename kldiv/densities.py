@@ -14,6 +14,11 @@ cancels and refuse what cannot be estimated.
 | [`LatentEBM`][kldiv.LatentEBM] | $f_\alpha(x, z) - \log Z(\alpha)$ |
 | [`MarginalEBM`][kldiv.MarginalEBM] | $f_\alpha(x) - \log Z(\alpha)$ |
 | [`DecoupledEBLVM`][kldiv.DecoupledEBLVM] | $f_\psi(x) - \log Z(\psi) + \log q_\phi(z \mid x)$ |
+| [`EnergyPrior`][kldiv.EnergyPrior] | $f_\alpha(z) + \log \mathcal N(z; 0, I) - \log Z(\alpha)$ |
+
+A [`GeneratorDensity`][kldiv.GeneratorDensity] with an `EnergyPrior` is the
+latent-space EBM prior model of Pang et al. (2020), $p_{\alpha,\theta}(x, z) =
+p_\alpha(z)\, p_\theta(x \mid z)$: its terms are the prior's and the likelihood.
 
 Sign convention: every energy network returns $f$, the *log* of the
 unnormalised density ($f = -E$ for an energy $E$).
@@ -39,6 +44,7 @@ __all__ = [
     "DataDensity",
     "DecoupledEBLVM",
     "Density",
+    "EnergyPrior",
     "Evaluator",
     "GeneratorDensity",
     "LatentEBM",
@@ -200,6 +206,11 @@ class Density(abc.ABC):
         """Whether the density can draw its own samples."""
         return False
 
+    def sources(self) -> tuple[Density, ...]:
+        """The densities whose samples this one's samples are made from (a sampler's start,
+        the data density's ``x``, a generator's energy-based prior); the compiler draws them too."""
+        return ()
+
     def drawn_from(self, variable: str) -> Term | None:
         r"""The term whose distribution this density's samples of ``variable`` are
         drawn from, given the variables drawn before it (``log q(z|x)`` for the
@@ -309,6 +320,15 @@ class GeneratorDensity(Density):
     $\log \mathcal N(x; g_\theta(z), \sigma^2 I)$, or the decoder's own
     ``log_prob`` when it returns a distribution (then leave ``sigma=None``).
 
+    A ``prior`` replaces $\mathcal N(0, I)$: a parameter-free distribution
+    over $z$ (its ``log_prob`` is the term $\log p(z)$), or an
+    [`EnergyPrior`][kldiv.EnergyPrior] $p_\alpha(z) \propto \exp f_\alpha(z)\,
+    \mathcal N(z; 0, I)$, whose terms $f_\alpha(z) + \log \mathcal N(z; 0, I) - \log Z(\alpha)$
+    then stand for $\log p(z)$ (Pang et al. 2020). With an energy-based prior,
+    $z$ is drawn by the prior's sampler (detached) and the density also owns
+    the prior's energy network (``networks()["prior"]``): a player named by
+    this density trains both; name the networks to train them apart.
+
     Samples are drawn ancestrally and reparameterised, so $x$ carries the
     gradient of $\theta$.  The papers draw synthesis samples without the
     observation noise, $\tilde x \approx g_\theta(z)$ (Han et al. 2020, §4.6);
@@ -320,6 +340,7 @@ class GeneratorDensity(Density):
         latent_shape: shape of $z$ (an int for a vector).
         sigma: observation noise $\sigma$ (``None`` if the decoder returns a distribution).
         synthesis: ``"sample"`` ($x = g(z) + \sigma\epsilon$) or ``"mean"`` ($x = g(z)$).
+        prior: the distribution of $z$ (default $\mathcal N(0, I)$), or an `EnergyPrior`.
         name: short name for printing.
         latex: the name in LaTeX (default: ``name``).
 
@@ -340,7 +361,7 @@ class GeneratorDensity(Density):
         latent_shape: int | tuple[int, ...],
         sigma: float | None = None,
         synthesis: Literal["sample", "mean"] = "sample",
-        prior: Distribution | None = None,
+        prior: Distribution | EnergyPrior | None = None,
         name: str = "p",
         latex: str | None = None,
     ):
@@ -353,36 +374,49 @@ class GeneratorDensity(Density):
         self.latent_shape = _as_shape(latent_shape)
         self.sigma = None if sigma is None else float(sigma)
         self.synthesis = synthesis
-        if prior is not None:
+        if prior is not None and not isinstance(prior, EnergyPrior):
             if not isinstance(prior, Distribution):
-                raise TypeError(f"prior must be a torch/pyro distribution over z, got {type(prior).__name__}")
+                raise TypeError(
+                    "prior must be a torch/pyro distribution over z or an EnergyPrior, "
+                    f"got {type(prior).__name__}"
+                )
             if tuple(prior.batch_shape) != () or tuple(prior.event_shape) != self.latent_shape:
                 raise ValueError(
                     f"prior must have batch shape () and event shape latent_shape {self.latent_shape} "
                     f"(use .to_event), got batch {tuple(prior.batch_shape)}, event {tuple(prior.event_shape)}"
                 )
         self.prior = prior
-        prior_term = (
-            Term(
-                key=("standard_normal", self.latent_shape),
-                label="log N(z; 0, I)",
-                latex=r"\log \mathcal{N}(z; 0, I)",
-                reads=frozenset({"z"}),
-                evaluate=lambda ev, s: _standard_normal_log_prob(s["z"]),
-                factor="z",
+        if isinstance(prior, EnergyPrior):
+            if prior.latent_shape != self.latent_shape:
+                raise ValueError(
+                    f"the energy-based prior {prior.name} is over z of shape {prior.latent_shape}, "
+                    f"but latent_shape is {self.latent_shape}"
+                )
+            z_terms = prior.terms()
+        elif prior is None:
+            z_terms = (
+                Term(
+                    key=("standard_normal", self.latent_shape),
+                    label="log N(z; 0, I)",
+                    latex=r"\log \mathcal{N}(z; 0, I)",
+                    reads=frozenset({"z"}),
+                    evaluate=lambda ev, s: _standard_normal_log_prob(s["z"]),
+                    factor="z",
+                ),
             )
-            if prior is None
-            else Term(
-                key=("prior", prior),
-                label="log p(z)",
-                latex=r"\log p(z)",
-                reads=frozenset({"z"}),
-                evaluate=lambda ev, s: prior.log_prob(s["z"]),
-                factor="z",
+        else:
+            z_terms = (
+                Term(
+                    key=("prior", prior),
+                    label="log p(z)",
+                    latex=r"\log p(z)",
+                    reads=frozenset({"z"}),
+                    evaluate=lambda ev, s: prior.log_prob(s["z"]),
+                    factor="z",
+                ),
             )
-        )
         self._terms = (
-            prior_term,
+            *z_terms,
             Term(
                 key=("likelihood", decoder, self.sigma),
                 label="log N(x; g(z), σ²I)" if self.sigma is not None else "log p(x|z)",
@@ -422,29 +456,48 @@ class GeneratorDensity(Density):
     def terms(self) -> tuple[Term, ...]:
         return self._terms
 
+    def _energy_prior(self) -> EnergyPrior | None:
+        return self.prior if isinstance(self.prior, EnergyPrior) else None
+
     def networks(self) -> dict[str, nn.Module]:
-        return {"decoder": self.decoder}
+        ebm = self._energy_prior()
+        return {"decoder": self.decoder} if ebm is None else {"decoder": self.decoder, "prior": ebm.energy}
 
     def own_networks(self) -> tuple[nn.Module, ...]:
-        return (self.decoder,)
+        ebm = self._energy_prior()
+        return (self.decoder,) if ebm is None else (self.decoder, ebm.energy)
 
     def dependence(self, reads: frozenset[str]) -> frozenset[nn.Module]:
-        return frozenset({self.decoder}) if "x" in reads else _NO_MODULES
+        ebm = self._energy_prior()
+        out = {self.decoder} if "x" in reads else set()
+        if ebm is not None and reads & {"x", "z"}:  # x = g(z) inherits z's dependence on the prior
+            out.add(ebm.energy)
+        return frozenset(out)
 
     def pathwise(self, reads: frozenset[str]) -> frozenset[nn.Module]:
-        return self.dependence(reads)
+        # z ~ N(0, I) or a fixed prior carries no parameter; z from a sampler carries no gradient
+        return frozenset({self.decoder}) if "x" in reads else _NO_MODULES
 
     def marginal_key(self, reads: frozenset[str]) -> Hashable:
         if reads == {"z"}:
-            return self._terms[0].key
+            ebm = self._energy_prior()
+            return self._terms[0].key if ebm is None else ebm.marginal_key(reads)
         return super().marginal_key(reads)
 
     @property
     def sampleable(self) -> bool:
-        return True
+        ebm = self._energy_prior()
+        return ebm is None or ebm.sampleable
+
+    def sources(self) -> tuple[Density, ...]:
+        ebm = self._energy_prior()
+        return () if ebm is None else (ebm,)
 
     def sample(self, ev: Evaluator, n: int) -> Samples:
-        if self.prior is None:
+        ebm = self._energy_prior()
+        if ebm is not None:  # this round's prior samples, drawn once by the prior's sampler
+            z = ev.samples(ebm)["z"].detach()
+        elif self.prior is None:
             z = torch.randn((n, *self.latent_shape), device=ev.device, dtype=ev.dtype)
         else:  # a parameter-free prior: no gradient to carry, whether or not it has rsample
             z = self.prior.sample((n,)).to(device=ev.device, dtype=ev.dtype)
@@ -467,7 +520,11 @@ class GeneratorDensity(Density):
         return Samples({"x": x, "z": z})
 
     def describe_sampling(self) -> str:
-        z = "z ~ N(0, I)" if self.prior is None else "z ~ p(z)"
+        ebm = self._energy_prior()
+        if ebm is not None:
+            z = f"z ~ {ebm.name}(z) ({ebm.describe_sampling()})"
+        else:
+            z = "z ~ N(0, I)" if self.prior is None else "z ~ p(z)"
         if self.synthesis == "mean":
             return f"{z}, x = g(z) (noise-free synthesis)"
         return f"{z}, x ~ p(x|z) (reparameterised)"
@@ -553,6 +610,9 @@ class DataDensity(Density):
     @property
     def sampleable(self) -> bool:
         return True
+
+    def sources(self) -> tuple[Density, ...]:
+        return (self.x_source,) if isinstance(self.x_source, Density) else ()
 
     def drawn_from(self, variable: str) -> Term | None:
         return self._terms[1] if variable == "z" and self.encoder is not None else None
@@ -677,8 +737,9 @@ class _EnergyBased(Density):
         self.sampler = sampler
         reads = frozenset(self._energy_reads)
         args = ", ".join(self._energy_reads)
-        # exp f(x) / Z is the x-factor of a MarginalEBM or a DecoupledEBLVM; f(x, z) factorises no further
-        factor = "x" if self._energy_reads == ("x",) else None
+        # exp f(x) / Z is the x-factor of a MarginalEBM or a DecoupledEBLVM, exp f(z) N(z) / Z the
+        # z-factor of an EnergyPrior; f(x, z) factorises no further
+        factor = self._energy_reads[0] if len(self._energy_reads) == 1 else None
         self.energy_term = Term(
             key=("energy", energy),
             label=f"f({args})",
@@ -715,10 +776,21 @@ class _EnergyBased(Density):
     def sampleable(self) -> bool:
         return self.sampler is not None
 
+    def sources(self) -> tuple[Density, ...]:
+        return () if self.sampler is None else tuple(self.sampler.sources())
+
+    def target(self) -> tuple[tuple[str, ...], Callable[[Mapping[str, Tensor]], Tensor]]:
+        r"""The variables a sampler draws and the unnormalised log density it targets,
+        $v \mapsto f(v)$ (plus any parameter-free base term), as a function of a mapping
+        variable → tensor; what [`Langevin`][kldiv.samplers.Langevin] runs on."""
+        energy, reads = self.energy, self._energy_reads
+        return reads, lambda v: energy(*(v[k] for k in reads))
+
     def marginal_key(self, reads: frozenset[str]) -> Hashable:
         # exp f(x) / Z: a MarginalEBM and every DecoupledEBLVM on the same energy
-        # network share the marginal of x, whatever their samplers.
-        if reads == {"x"} and self._energy_reads == ("x",):
+        # network share the marginal of x, whatever their samplers (and every
+        # density with the same EnergyPrior shares the marginal of z).
+        if len(self._energy_reads) == 1 and reads == set(self._energy_reads):
             return ("energy_marginal", id(self.energy))
         return super().marginal_key(reads)
 
@@ -868,3 +940,78 @@ class DecoupledEBLVM(_EnergyBased):
         if self.sampler is None:
             return "cannot be sampled (no sampler attached)"
         return f"x by {self.sampler!r} (detached), z ~ q(z|x) (reparameterised)"
+
+
+class EnergyPrior(_EnergyBased):
+    r"""An energy-based prior on the latent vector (Pang, Han, Nijkamp, Zhu & Wu, NeurIPS 2020).
+
+    $$ p_\alpha(z) = \frac{1}{Z(\alpha)} \exp f_\alpha(z)\, \mathcal N(z; 0, I), $$
+
+    an exponential tilting of the standard normal by an energy network on $z$.
+    Log-density terms: $f_\alpha(z)$, $\log \mathcal N(z; 0, I)$ and
+    $-\log Z(\alpha)$.  Give it to a [`GeneratorDensity`][kldiv.GeneratorDensity]
+    as its ``prior``: $p_{\alpha,\theta}(x, z) = p_\alpha(z)\, p_\theta(x \mid z)$.
+    In $\mathrm{KL}(q \,\|\, p_{\alpha,\theta})$ the $\log Z$ survives for the
+    prior's player, so its gradient $\nabla_\alpha \log Z = E_{p_\alpha}[\nabla_\alpha f_\alpha(z)]$
+    needs samples of the prior: attach a sampler (short-run Langevin on $z$
+    from $\mathcal N(0, I)$, whose target includes the base $\log \mathcal N(z; 0, I)$).
+    Where $z$ is drawn from an encoder, the compiler pairs the base term with
+    $\log q_\phi(z \mid x)$ into the closed-form $\mathrm{KL}(q_\phi(\cdot \mid x) \,\|\, \mathcal N(0, I))$,
+    leaving $-E_q[f_\alpha(z)] + \log Z(\alpha)$ as the prior's correction.
+
+    Arguments:
+        energy: network $z \mapsto f(z)$ of shape ``(n,)`` or ``(n, 1)``.
+        latent_shape: the shape of $z$ (an int for a vector).
+        sampler: optional [`Sampler`][kldiv.samplers.Sampler] drawing from $p_\alpha$,
+            e.g. ``Langevin(60, 0.4, init="normal", shape={"z": latent_shape})``
+            (the short-run prior sampler of Pang et al.).
+        name: short name for printing.
+        latex: the name in LaTeX.
+
+    Examples:
+        >>> import torch
+        >>> from kldiv import EnergyPrior, GeneratorDensity
+        >>> from kldiv.samplers import Langevin
+        >>> f = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.SiLU(), torch.nn.Linear(8, 1))
+        >>> prior = EnergyPrior(f, 2, sampler=Langevin(20, 0.4, init="normal", shape={"z": 2}))
+        >>> p = GeneratorDensity(torch.nn.Linear(2, 3), latent_shape=2, sigma=0.3, prior=prior)
+        >>> [t.label for t in p.terms()]
+        ['f(z)', 'log N(z; 0, I)', 'log Z(p_α)', 'log N(x; g(z), σ²I)']
+
+    References:
+        Pang, Han, Nijkamp, Zhu & Wu, *Learning Latent Space Energy-Based Prior
+        Model*, NeurIPS 2020, [arXiv:2006.08205](https://arxiv.org/abs/2006.08205).
+    """
+
+    variables = ("z",)
+    _energy_reads = ("z",)
+
+    def __init__(
+        self,
+        energy: nn.Module,
+        latent_shape: int | tuple[int, ...],
+        *,
+        sampler: Sampler | None = None,
+        name: str = "p_α",
+        latex: str | None = r"p_\alpha",
+    ):
+        super().__init__(energy, sampler, name, latex)
+        self.latent_shape = _as_shape(latent_shape)
+        self.base_term = Term(
+            key=("standard_normal", self.latent_shape),
+            label="log N(z; 0, I)",
+            latex=r"\log \mathcal{N}(z; 0, I)",
+            reads=frozenset({"z"}),
+            evaluate=lambda ev, s: _standard_normal_log_prob(s["z"]),
+            factor="z",
+        )
+
+    def terms(self) -> tuple[Term, ...]:
+        return (self.energy_term, self.base_term, self.log_normalizer)
+
+    def target(self) -> tuple[tuple[str, ...], Callable[[Mapping[str, Tensor]], Tensor]]:
+        energy = self.energy
+        return ("z",), lambda v: _per_sample(energy(v["z"])) + _standard_normal_log_prob(v["z"])
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"prior": self.energy}

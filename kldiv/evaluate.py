@@ -13,7 +13,10 @@ data set and its config, so every metric that applies can be computed:
 
 The score of an image (higher: more anomalous) is the model's own: the energy
 at the encoder mean $-f(x, \mu_\phi(x))$ for a latent EBM, the energy
-$-f(x)$ for an EBM on $x$, and the negative ELBO for a VAE without an energy.
+$-f(x)$ for an EBM on $x$, the negative log joint $-\log p(x, \mu_\phi(x))$
+for a generator with an energy-based prior (up to $\log Z$), and the
+negative ELBO for a VAE without an energy.  Samples of a generator with an
+energy-based prior are drawn by its prior's Langevin chain.
 A run trained with ``--hold-out C`` is compared with the normal test images
 (the held-out class left out) for every other metric.
 
@@ -40,7 +43,7 @@ from kldiv import metrics
 from kldiv.data import DatasetNotFoundError, anomaly_split, load_dataset
 from kldiv.train import build_networks, load_checkpoint
 
-__all__ = ["evaluate", "generator_samples", "load_run", "main", "scorer"]
+__all__ = ["evaluate", "generator_samples", "latent_samples", "load_run", "main", "scorer"]
 
 # Out-of-distribution sets to try for each training set (those whose files are present).
 OOD_SETS = {
@@ -79,30 +82,61 @@ def load_run(run_dir: str | Path, *, device: str = "cpu", ema: bool = True) -> t
     return state, nets, f"moving average (decay {state['config']['ema']})" if averaged else "last step"
 
 
+def latent_samples(nets: dict, cfg: dict, n: int, device: str = "cpu", seed: int = 0) -> torch.Tensor:
+    r"""``n`` latent vectors from the run's prior, seeded: $z \sim \mathcal N(0, I)$, or for a run
+    with an energy-based prior (a ``prior`` network) the prior sampler's Langevin chain from
+    there (``prior_steps`` steps of size ``prior_step_size``, as the run trained with)."""
+    latent_dim = cfg["latent_dim"]
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    z = torch.randn(n, latent_dim, generator=g).to(device)
+    F_ = nets.get("prior")
+    if F_ is None:
+        return z
+    from kldiv.densities import EnergyPrior
+    from kldiv.samplers import langevin_chain
+
+    _, log_density = EnergyPrior(F_, latent_dim).target()
+    noise = torch.Generator(device=device).manual_seed(seed + 1)
+    out = [langevin_chain({"z": zb}, log_density, cfg["prior_steps"], cfg["prior_step_size"], generator=noise)["z"]
+           for zb in z.split(500)]
+    return torch.cat(out)
+
+
 @torch.no_grad()
-def generator_samples(generator: torch.nn.Module, latent_dim: int, n: int, device: str = "cpu") -> torch.Tensor:
-    r"""``n`` samples $g(z)$, $z \sim N(0, I)$ from a generator seeded 0: the same images on every call."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    out = [generator(torch.randn(500, latent_dim, generator=g).to(device)) for _ in range(-(-n // 500))]
-    return torch.cat(out)[:n]
+def generator_samples(generator: torch.nn.Module, latent_dim: int, n: int, device: str = "cpu",
+                      z: torch.Tensor | None = None) -> torch.Tensor:
+    r"""``n`` samples $g(z)$, $z \sim N(0, I)$ from a generator seeded 0 (the same images on every
+    call), or $g$ of the given ``z`` (e.g. from `latent_samples`)."""
+    if z is None:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        z = torch.randn(n, latent_dim, generator=g)
+    return torch.cat([generator(zb.to(device)) for zb in z[:n].split(500)])[:n]
 
 
 def scorer(nets: dict, cfg: dict, device: str = "cpu"):
-    """The model's anomaly score (higher: more anomalous) and its formula, or ``(None, None)``.
+    r"""The model's anomaly score (higher: more anomalous) and its formula, or ``(None, None)``.
 
     The energy at the encoder mean for a latent EBM (``EnergyXZ``), the energy
-    for an EBM on $x$, the negative ELBO for a generator and an encoder alone.
+    for an EBM on $x$, the negative log joint at the encoder mean for a
+    generator with an energy-based prior (up to $\log Z$; Pang et al. 2020),
+    the negative ELBO for a generator and an encoder alone.
 
     Arguments:
-        nets: the networks by name (``generator``, ``encoder``, ``energy``).
-        cfg: the run's config (``sigma`` for the negative ELBO).
+        nets: the networks by name (``generator``, ``encoder``, ``energy``, ``prior``).
+        cfg: the run's config (``sigma`` for the likelihood).
         device: where to run them.
     """
-    G, I, E = nets.get("generator"), nets.get("encoder"), nets.get("energy")
+    G, I, E, F_ = nets.get("generator"), nets.get("encoder"), nets.get("energy"), nets.get("prior")
     if E is not None:
         if type(E).__name__ == "EnergyXZ":
             return (lambda x: metrics.latent_ebm_scores(E, I, x, device=device)), "-f(x, mu_q(x))"
         return (lambda x: metrics.marginal_ebm_scores(E, x, device=device)), "-f(x)"
+    if F_ is not None and G is not None and I is not None:
+        from kldiv.densities import EnergyPrior, GeneratorDensity
+
+        d = cfg["latent_dim"]
+        p = GeneratorDensity(G, latent_shape=d, sigma=cfg["sigma"], prior=EnergyPrior(F_, d))
+        return (lambda x: metrics.generator_joint_scores(p, I, x, device=device)), "-log p(x, mu_q(x))"
     if G is not None and I is not None and "sigma" in cfg:
         return (lambda x: metrics.negative_elbo_scores(G, I, x, sigma=cfg["sigma"], device=device)), "-ELBO(x)"
     return None, None
@@ -158,7 +192,7 @@ def evaluate(
     if anomalies is not None:
         report["held_out"] = held_out
 
-    G, I, E = nets.get("generator"), nets.get("encoder"), nets.get("energy")
+    G, I = nets.get("generator"), nets.get("encoder")
     if G is not None and I is not None:
         rec = torch.cat([G(I(x).mean) for x in test.split(500)])
         err = metrics.reconstruction_error(test, rec)
@@ -166,7 +200,8 @@ def evaluate(
         report["reconstruction_sse_per_image"] = err.sse_per_image
 
     if G is not None:
-        fake = generator_samples(G, state["architecture"]["generator"][1]["latent_dim"], samples, device)
+        z = latent_samples(nets, cfg, samples, device)
+        fake = generator_samples(G, z.shape[1], samples, device, z=z)
         if test.shape[1] == 1:
             report["mnist_frechet_distance"] = metrics.mnist_frechet_distance(_resize(test, 28), _resize(fake, 28))
             report["mnist_frechet_distance_note"] = (

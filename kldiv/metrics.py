@@ -3,7 +3,7 @@ r"""The papers' evaluation metrics: reconstruction error, OOD AUROC, anomaly AUP
 | metric | function | where the papers use it |
 | --- | --- | --- |
 | RMSE, per-image summed squared error | [`reconstruction_error`][kldiv.metrics.reconstruction_error] | Han et al. 2020 Table 2, Kan et al. 2022 Table 3 |
-| OOD AUROC | [`ood_auroc`][kldiv.metrics.ood_auroc] with [`latent_ebm_scores`][kldiv.metrics.latent_ebm_scores] or [`marginal_ebm_scores`][kldiv.metrics.marginal_ebm_scores] | Han et al. 2020 Table 3, Kan et al. 2022 Table 4 |
+| OOD AUROC | [`ood_auroc`][kldiv.metrics.ood_auroc] with [`latent_ebm_scores`][kldiv.metrics.latent_ebm_scores], [`marginal_ebm_scores`][kldiv.metrics.marginal_ebm_scores], [`negative_elbo_scores`][kldiv.metrics.negative_elbo_scores] or [`generator_joint_scores`][kldiv.metrics.generator_joint_scores] | Han et al. 2020 Table 3, Kan et al. 2022 Table 4 |
 | anomaly AUPRC (MNIST hold-out digit) | [`anomaly_auprc`][kldiv.metrics.anomaly_auprc] | Han et al. 2020 Table 4 |
 | FID | [`inception_fid`][kldiv.metrics.inception_fid] (optional extra ``fid``) | every paper's sample-quality table |
 | Fréchet distance in the features of a small MNIST classifier | [`mnist_frechet_distance`][kldiv.metrics.mnist_frechet_distance] | CPU-sized stand-in for FID on MNIST-like data |
@@ -31,13 +31,16 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from kldiv.densities import Density
 
 __all__ = [
     "FID_WEIGHTS_FILENAME",
@@ -49,6 +52,7 @@ __all__ = [
     "gaussian_statistics",
     "inception_features",
     "inception_fid",
+    "generator_joint_scores",
     "latent_ebm_scores",
     "load_mnist_classifier",
     "marginal_ebm_scores",
@@ -358,6 +362,54 @@ def negative_elbo_scores(
             d = x[0].numel()
             nll = 0.5 * sse / sigma**2 + 0.5 * d * math.log(2 * math.pi * sigma**2)
             out.append((nll + kl).float().cpu())
+    if not out:
+        raise ValueError("no images to score")
+    return torch.cat(out)
+
+
+def generator_joint_scores(
+    density: Density,
+    encoder: nn.Module,
+    images: Images,
+    *,
+    batch_size: int = 500,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    r"""OOD / anomaly scores of a generator density: its log joint at the inferred latent vector, negated.
+
+    $$ s(x) = -\log p(x, \mu_\phi(x)), \qquad \mu_\phi(x) = \mathbb E_{q_\phi(z \mid x)}[z], $$
+
+    up to the terms the density cannot compute (`Density.uncomputed`: $\log Z$
+    for an [`EnergyPrior`][kldiv.EnergyPrior], a constant that does not change
+    the ranking).  For a generator with a latent-space EBM prior this is
+    $\frac{1}{2\sigma^2}\lVert x - g(\mu)\rVert^2 - f_\alpha(\mu) + \frac12\lVert\mu\rVert^2$
+    plus constants: the unnormalised log joint of the image and its inferred
+    latent vector, the decision function of Pang et al. (2020, §5.4), with the
+    encoder's mean in place of their posterior Langevin samples.
+
+    Arguments:
+        density: a density over ``("x", "z")``, e.g. a
+            [`GeneratorDensity`][kldiv.GeneratorDensity] (with any prior).
+        encoder: network $x \mapsto q_\phi(z \mid x)$, a distribution with a ``mean``.
+        images: a tensor ``(n, C, H, W)`` or an iterable of batches.
+        batch_size: batch size when ``images`` is a tensor.
+        device: where to run; default the device of ``encoder``'s parameters.
+
+    Returns:
+        The scores, a float tensor of shape ``(n,)`` on the CPU; higher means more anomalous.
+    """
+    if tuple(density.variables) != ("x", "z"):
+        raise ValueError(f"generator_joint_scores needs a density over (x, z), got {density!r}")
+    dev = _device_of(encoder, device)
+    nets = [m for m in density.networks().values()] + [encoder]
+    out = []
+    with torch.no_grad(), _evaluation_mode(*nets):
+        for x in _batches(images, batch_size):
+            x = x.to(dev)
+            q = encoder(x)
+            if not isinstance(q, Distribution):
+                raise TypeError(f"the encoder must return a torch/pyro distribution over z, got {type(q).__name__}")
+            out.append((-density.log_prob({"x": x, "z": q.mean})).float().cpu())
     if not out:
         raise ValueError("no images to score")
     return torch.cat(out)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple, Union
 import torch
 from torch import Tensor, nn
 
-from kldiv.densities import DecoupledEBLVM, Density, LatentEBM, MarginalEBM, Samples
+from kldiv.densities import Density, LatentEBM, Samples
 from kldiv.errors import ShapeError
 
 if TYPE_CHECKING:
@@ -346,16 +346,14 @@ def langevin_chain(
 # What a sampler samples: the variables and the energy of an energy-based density
 # ----------------------------------------------------------------------------------------
 def _target(density: Density) -> tuple[tuple[str, ...], Callable[[Mapping[str, Tensor]], Tensor]]:
-    """The variables a sampler draws for ``density`` and $f$ as a function of them."""
-    if isinstance(density, LatentEBM):
-        energy = density.energy
-        return ("x", "z"), lambda v: energy(v["x"], v["z"])
-    if isinstance(density, (MarginalEBM, DecoupledEBLVM)):
-        energy = density.energy
-        return ("x",), lambda v: energy(v["x"])
-    raise TypeError(
-        f"samplers draw from energy-based densities (LatentEBM, MarginalEBM, DecoupledEBLVM), got {density!r}"
-    )
+    """The variables a sampler draws for ``density`` and its unnormalised log density of them."""
+    target = getattr(density, "target", None)
+    if target is None:
+        raise TypeError(
+            "samplers draw from energy-based densities (LatentEBM, MarginalEBM, DecoupledEBLVM, "
+            f"EnergyPrior: a density with a target()), got {density!r}"
+        )
+    return target()
 
 
 def _as_shapes(shape, what: str) -> dict[str, tuple[int, ...]] | None:
@@ -634,6 +632,7 @@ class Langevin(Sampler):
     | [`MarginalEBM`][kldiv.MarginalEBM] | $x$ | $f(x)$ |
     | [`LatentEBM`][kldiv.LatentEBM] | $(x, z)$ jointly | $f(x, z)$ |
     | [`DecoupledEBLVM`][kldiv.DecoupledEBLVM] | $x$ (the density then draws $z \sim q_\phi(z \mid x)$) | $f(x)$ |
+    | [`EnergyPrior`][kldiv.EnergyPrior] | $z$ | $f(z) + \log \mathcal N(z; 0, I)$ |
 
     Starts (``init``):
 
@@ -887,8 +886,8 @@ class Importance(Sampler):
             if missing:
                 raise TypeError(f"the proposal {self.proposal!r} has no samples of {missing}")
             values = {v: s[v].detach() for v in variables}
-        m = values["x"].shape[0]
-        ref = values["x"]
+        ref = values[variables[0]]
+        m = ref.shape[0]
         if self.ratio == "self-normalized":
             # memoised, so the compiler's f(x) on these samples reuses this forward pass
             f = _per_sample(ev.call(density.energy, *(values[v] for v in variables)), m, "the energy")

@@ -13,7 +13,8 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY = ["--image-size", "8", "--latent-dim", "4", "--width", "4", "--batch-size", "16", "--steps", "2"]
 
 
-@pytest.mark.parametrize(("recipe", "score"), [("latent_ebm", "-f(x, mu_q(x))"), ("triangle", "-f(x)")])
+@pytest.mark.parametrize(("recipe", "score"), [("latent_ebm", "-f(x, mu_q(x))"), ("triangle", "-f(x)"),
+                                               ("latent_prior_ebm", "-log p(x, mu_q(x))")])
 def test_evaluate_a_run_from_its_checkpoint(recipe, score, tmp_path):
     out = tmp_path / recipe
     load_recipe(recipe).main([*TINY, "--out", str(out)])
@@ -47,19 +48,26 @@ def test_evaluate_scores_a_vae_by_its_negative_elbo_and_a_held_out_class(tmp_pat
 @pytest.mark.skipif(not (SHARED / "MNIST").exists(), reason="MNIST is not at ../shared/data")
 def test_anomaly_benchmark_trains_by_the_recipes_and_writes_its_table(tmp_path):
     module = load_script(REPO / "benchmarks" / "anomaly_mnist.py")
-    module.main(["--digits", "4", "--epochs", "2", "--average-last", "2", "--epoch-steps", "3", "--width", "4",
-                 "--latent-dim", "4", "--test-images", "300", "--ema", "0.5", "--out", str(tmp_path),
-                 "--data-root", str(SHARED)])
+    common = ["--digits", "4", "--epochs", "2", "--average-last", "2", "--epoch-steps", "3", "--width", "4",
+              "--latent-dim", "4", "--test-images", "300", "--ema", "0.5", "--out", str(tmp_path),
+              "--data-root", str(SHARED)]
+    module.main([*common, "--models", "latent-ebm", "latent-prior-ebm"])
     table = (tmp_path / "table.md").read_text()
-    assert "| 4 | 0.337 | 0.723 |" in table and "python benchmarks/anomaly_mnist.py --digits 4" in table
-    assert "latent-ebm, EMA (kldiv)" in table
+    assert "| 4 | 0.337 | 0.723 | 0.630 | 0.949 |" in table and "python benchmarks/anomaly_mnist.py --digits 4" in table
+    assert "latent EBM (2020), EMA (kldiv)" in table and "latent-space EBM prior (Pang 2020) (kldiv)" in table
     result = json.loads((tmp_path / "digit4.json").read_text())
-    assert set(result) == {"latent-ebm", "vae"}
+    assert set(result) == {"latent-ebm", "latent-prior-ebm"}
     for r in result.values():
         assert len(r["auprc_per_epoch"]) == len(r["auprc_ema_per_epoch"]) == 2 and 0 < r["auprc"] <= 1
     # the recipe ran to epoch 1, then resumed for epoch 2: one run, six steps
     state = torch.load(tmp_path / "digit4" / "latent-ebm" / "checkpoint.pt", weights_only=True)
     assert state["step"] == 6 and state["config"]["hold_out"] == 4
+    # a later invocation with the same settings adds its model; one with other settings keeps apart
+    module.main([*common, "--models", "vae"])
+    assert set(json.loads((tmp_path / "digit4.json").read_text())) == {"latent-ebm", "latent-prior-ebm", "vae"}
+    assert "| VAE (kldiv) |" in (tmp_path / "table.md").read_text()
+    module.main([*common, "--table-only", "--epochs", "3"])
+    assert "| 4 |" not in (tmp_path / "table.md").read_text()
 
 
 @pytest.mark.skipif(not (SHARED / "MNIST").exists(), reason="MNIST is not at ../shared/data")

@@ -25,6 +25,7 @@ CASES = [
     ("mcmc_teaching", ["--langevin-steps", "3", "--noise", "--sigma-ref", "0"]),
     ("vae", []),
     ("vae", ["--kl-weight", "4", "--hold-out", "3", "--ema", "0.5"]),
+    ("latent_prior_ebm", ["--prior-width", "8", "--prior-steps", "3"]),
 ]
 
 

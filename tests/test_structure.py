@@ -19,7 +19,9 @@ import pytest
 import torch
 from torch import nn
 
-from kldiv import DecoupledEBLVM, Density, GeneratorDensity, Langevin, LatentEBM, MarginalEBM, Samples, Term
+from kldiv import (DecoupledEBLVM, Density, EnergyPrior, GeneratorDensity, Langevin, LatentEBM, MarginalEBM, Samples,
+                   Term)
+from kldiv.samplers import NoiseStart
 from kldiv.compiler import Round, _NoGame
 from toys import Decoder, decoupled_parts, triangle_parts
 
@@ -81,7 +83,7 @@ class LearnedPriorGenerator(Density):
 
 # the summands whose declared gradient cancels exactly (see the test)
 CANCELS = {("p", "log N(x; g(z), σ²I)"), ("p_s", "log N(x; g(z), σ²I)"), ("u", "log N(z; m, I)"),
-           ("u", "log N(x; g(z))")}
+           ("u", "log N(x; g(z))"), ("p_ebm", "log N(x; g(z), σ²I)")}
 
 
 def _world():
@@ -92,10 +94,13 @@ def _world():
     user = LearnedPriorGenerator(nn.Linear(1, DZ).double(), Decoder(DZ, DX).double())
     chains = LatentEBM(f, sampler=Langevin(3, 0.1, init=p_mean), name="π_mcmc")
     marginal = MarginalEBM(fx, sampler=Langevin(3, 0.1, init=p_mean), name="π_x")
-    sources = [p_mean, p_sample, q, user, chains, marginal]
-    holders = [p_mean, q, pi, big_pi, user, MarginalEBM(fx)]
+    fz = nn.Sequential(nn.Linear(DZ, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    ebm_prior = EnergyPrior(fz, DZ, sampler=Langevin(3, 0.1, init=NoiseStart("normal", shape={"z": (DZ,)})))
+    p_ebm = GeneratorDensity(dec, latent_shape=DZ, sigma=0.5, synthesis="mean", prior=ebm_prior, name="p_ebm")
+    sources = [p_mean, p_sample, q, user, chains, marginal, ebm_prior, p_ebm]
+    holders = [p_mean, q, pi, big_pi, user, MarginalEBM(fx), ebm_prior, p_ebm]
     nets = {"encoder": enc, "decoder": dec, "f(x, z)": f, "f(x)": fx, "user prior": user.prior,
-            "user decoder": user.decoder}
+            "user decoder": user.decoder, "f(z)": fz}
     return sources, holders, nets
 
 
