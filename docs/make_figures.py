@@ -44,6 +44,7 @@ PAGES = (
     "tutorials/mcmc-teaching.md",
     "tutorials/custom-density.md",
     "tutorials/discrete-latents.md",
+    "tutorials/latent-prior-ebm.md",
 )
 
 _FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)

@@ -186,7 +186,7 @@ class Game:
             stack.extend(d.sources())
         return tuple(seen.values())
 
-    def compile(self, *, values: bool = True, closed_form: bool = True) -> Estimator:
+    def compile(self, *, values: bool = True, closed_form: bool = True, baseline: bool = True) -> Estimator:
         r"""Compile to an [`Estimator`][kldiv.Estimator]; raises a
         [`CompileError`][kldiv.errors.CompileError] for what cannot be estimated.
 
@@ -200,8 +200,13 @@ class Game:
                 by the closed-form KL where ``s`` draws $z$ from that $q$
                 (as the VAE code of most papers does); ``False`` keeps the
                 one-sample Monte Carlo difference.
+            baseline: subtract the leave-one-out baseline in score-function
+                estimates (unbiased either way); ``False`` uses the plain
+                $E_s[t\,\nabla \log s]$, whose variance is larger — kept for
+                comparison (`benchmarks/score_variance.py`).  The centred form
+                an EBM source needs (its $\log Z$) always keeps it.
         """
-        return Estimator(self, values=values, closed_form=closed_form)
+        return Estimator(self, values=values, closed_form=closed_form, baseline=baseline)
 
 
 # ----------------------------------------------------------------------------------------
@@ -394,7 +399,7 @@ def _plan(player: Player, payers: dict[int, Density], name: _Namer, closed_form:
             )
         blocked = [net for net in via_samples if net not in s.pathwise(t.reads)]
         if blocked:
-            route = _score_route(s, blocked, theta)
+            route = _score_route(s, blocked, theta, t.reads)
             if route is None:
                 raise IntractableError(
                     f"{who}: {_signed(m.coef)} {m.label()} ({m.origin_text()}) depends on "
@@ -439,20 +444,24 @@ def _plan(player: Player, payers: dict[int, Density], name: _Namer, closed_form:
     )
 
 
-def _score_route(s: Density, blocked: list[nn.Module], theta: set[int]) -> tuple[Term, ...] | None:
+def _score_route(
+    s: Density, blocked: list[nn.Module], theta: set[int], reads: frozenset[str] = frozenset()
+) -> tuple[Term, ...] | None:
     r"""The terms of ``s``'s log density whose gradient is the score for ``blocked``, or ``None``.
 
-    $
-abla_	heta E_s[t] = E_s[
-abla_	heta t + (t - b)\,
-abla_	heta \log s(v)]$ for
+    $\nabla_\theta E_s[t] = E_s[\nabla_\theta t + (t - b)\,\nabla_\theta \log s(v)]$ for
     any baseline $b$ independent of the sample: the score route exists when
     every term of $\log s$ that involves a blocked network can be computed,
-    except a $\log Z$, which the centred form cancels ($
-abla \log Z$ is
+    except a $\log Z$, which the centred form cancels ($\nabla \log Z$ is
     the same for every sample, and $E_s[t - b] = 0$ with a leave-one-out $b$),
     and when those terms reach no other network of the player (whose gradient
     would then be counted twice).
+
+    Rao–Blackwellised where the structure allows: with the source's sampling
+    order known (`Density.order`), the score of a factor whose variable is
+    drawn after every variable $t$ reads is left out, since
+    $E[t\,\nabla \log s(v_k \mid \mathrm{pa}_k)] = 0$ when $t$ does not depend on
+    $v_k$ or anything drawn from it; only the factors upstream of the term remain.
     """
     blocked_ids = {id(net) for net in blocked}
     route = []
@@ -468,7 +477,18 @@ abla \log Z$ is
             return None
         route.append(term)
     covered = {id(net) for term in route for net in term.modules}
-    return tuple(route) if route and blocked_ids <= covered else None
+    if not (route and blocked_ids <= covered):
+        return None
+    kept = tuple(term for term in route if not _downstream(s, term, reads))
+    return kept or tuple(route)
+
+
+def _downstream(s: Density, term: Term, reads: frozenset[str]) -> bool:
+    """Whether ``term`` is the factor of a variable ``s`` draws after every variable in ``reads``."""
+    order = s.order
+    if order is None or term.factor is None or term.factor in reads or term.factor not in order:
+        return False
+    return bool(reads) and all(r in order and order.index(term.factor) > order.index(r) for r in reads)
 
 
 def _intractable_message(who, m: Merged, via_term, via_samples, name: _Namer) -> str:
@@ -530,12 +550,13 @@ class Estimator(nn.Module):
         ['vae']
     """
 
-    def __init__(self, game: Game, *, values: bool = True, closed_form: bool = True):
+    def __init__(self, game: Game, *, values: bool = True, closed_form: bool = True, baseline: bool = True):
         if not game.players:
             raise CompileError("the game has no players; add one with minimize or maximize")
         super().__init__()
         self.game = game
         self.values = values
+        self.baseline = bool(baseline)
         densities = game.densities()
         self._namer = _Namer(densities)
         payers: dict[int, Density] = {}
@@ -933,7 +954,11 @@ class Round:
                 raise InputError(f"{m.label()} is estimated by the score function, whose leave-one-out "
                                  "baseline needs at least 2 samples per round")
             log_s = sum(k.sign * self.term(k, smp) for k in route)
-            baseline = (t.sum() - t) / (n - 1)  # leave-one-out: unbiased, and log Z drops out
+            centred = any(k.normalizes is not None for k in m.source.terms())  # log Z must drop out
+            if self.estimator.baseline or centred:
+                baseline = (t.sum() - t) / (n - 1)  # leave-one-out: unbiased, and log Z drops out
+            else:
+                baseline = torch.zeros_like(t)
             terms[m] = t.mean().detach()
             surrogate = surrogate + m.coef * (t + (t - baseline).detach() * (log_s - log_s.detach())).mean()
         value = surrogate.detach()

@@ -165,6 +165,11 @@ class Density(abc.ABC):
     """
 
     variables: tuple[str, ...]
+    order: tuple[str, ...] | None = None
+    """The order in which `sample` draws the variables, each given those before it
+    (``("z", "x")`` for a generator), or ``None`` if unknown or not sequential (an EBM's
+    joint chain). With it, the score-function route keeps only the factors upstream of a
+    term (Rao–Blackwellisation); without it, every factor's score is kept (still unbiased)."""
 
     def __init__(self, name: str, latex: str | None = None):
         self.name = name
@@ -341,6 +346,10 @@ class GeneratorDensity(Density):
         sigma: observation noise $\sigma$ (``None`` if the decoder returns a distribution).
         synthesis: ``"sample"`` ($x = g(z) + \sigma\epsilon$) or ``"mean"`` ($x = g(z)$).
         prior: the distribution of $z$ (default $\mathcal N(0, I)$), or an `EnergyPrior`.
+        reparameterized: ``False`` draws $x$ without a pathwise gradient (detached), so the
+            compiler estimates the decoder's gradient through $x$ by the score function of
+            $\log p_\theta(x \mid z)$ (needs ``synthesis="sample"``): for observation models
+            without ``rsample``, and to compare the two estimators.
         name: short name for printing.
         latex: the name in LaTeX (default: ``name``).
 
@@ -353,6 +362,7 @@ class GeneratorDensity(Density):
     """
 
     variables = ("x", "z")
+    order = ("z", "x")
 
     def __init__(
         self,
@@ -362,12 +372,19 @@ class GeneratorDensity(Density):
         sigma: float | None = None,
         synthesis: Literal["sample", "mean"] = "sample",
         prior: Distribution | EnergyPrior | None = None,
+        reparameterized: bool = True,
         name: str = "p",
         latex: str | None = None,
     ):
         super().__init__(name, latex)
         if synthesis not in ("sample", "mean"):
             raise ValueError(f"synthesis must be 'sample' or 'mean', got {synthesis!r}")
+        self.reparameterized = bool(reparameterized)
+        if not self.reparameterized and synthesis == "mean":
+            raise ValueError(
+                "reparameterized=False estimates the decoder's gradient by the score of p(x|z), which "
+                "needs x drawn from p(x|z): use synthesis='sample'"
+            )
         if sigma is not None and not float(sigma) > 0:
             raise ValueError(f"sigma must be positive, got {sigma!r}")
         self.decoder = decoder
@@ -476,7 +493,7 @@ class GeneratorDensity(Density):
 
     def pathwise(self, reads: frozenset[str]) -> frozenset[nn.Module]:
         # z ~ N(0, I) or a fixed prior carries no parameter; z from a sampler carries no gradient
-        return frozenset({self.decoder}) if "x" in reads else _NO_MODULES
+        return frozenset({self.decoder}) if "x" in reads and self.reparameterized else _NO_MODULES
 
     def marginal_key(self, reads: frozenset[str]) -> Hashable:
         if reads == {"z"}:
@@ -502,6 +519,10 @@ class GeneratorDensity(Density):
         else:  # a parameter-free prior: no gradient to carry, whether or not it has rsample
             z = self.prior.sample((n,)).to(device=ev.device, dtype=ev.dtype)
         out = self._distribution_or_mean(ev, z)
+        if not self.reparameterized:  # x ~ p(x|z) without a pathwise gradient
+            with torch.no_grad():
+                x = out.sample() if isinstance(out, Distribution) else out + self.sigma * torch.randn_like(out)
+            return Samples({"x": x, "z": z})
         if isinstance(out, Distribution):
             if self.synthesis == "mean":
                 x = out.mean
@@ -527,6 +548,8 @@ class GeneratorDensity(Density):
             z = "z ~ N(0, I)" if self.prior is None else "z ~ p(z)"
         if self.synthesis == "mean":
             return f"{z}, x = g(z) (noise-free synthesis)"
+        if not self.reparameterized:
+            return f"{z}, x ~ p(x|z) (not reparameterised: score-function gradients)"
         return f"{z}, x ~ p(x|z) (reparameterised)"
 
 
@@ -574,6 +597,7 @@ class DataDensity(Density):
         self.reparameterized = bool(reparameterized)
         self.x_source = x
         self.variables = ("x",) if encoder is None else ("x", "z")
+        self.order = self.variables  # x from the data, then z ~ q(z|x)
         origin = x if isinstance(x, str) else x.name
         data = Term(
             key=("data", x),
@@ -893,6 +917,7 @@ class DecoupledEBLVM(_EnergyBased):
     """
 
     variables = ("x", "z")
+    order = ("x", "z")  # x by the sampler, then z ~ q(z|x)
     _energy_reads = ("x",)
 
     def __init__(
@@ -984,6 +1009,7 @@ class EnergyPrior(_EnergyBased):
     """
 
     variables = ("z",)
+    order = ("z",)
     _energy_reads = ("z",)
 
     def __init__(

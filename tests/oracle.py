@@ -188,10 +188,14 @@ class LinearGaussianWorld:
         sigma: the decoder's observation noise.
         shared: whether ``Pi`` uses the marginal energy network.
         samplers: attach an `ExactGaussianSampler` to the three energy-based densities.
+        score_function: draw ``q``'s ``z`` and ``p``'s ``x`` without a pathwise gradient, so
+            that the compiler takes the score-function route through them (same
+            expectations, larger variance).
     """
 
     def __init__(
-        self, dx: int, dz: int, *, sigma: float = 0.8, shared: bool = True, samplers: bool = False
+        self, dx: int, dz: int, *, sigma: float = 0.8, shared: bool = True, samplers: bool = False,
+        score_function: bool = False,
     ):
         self.dx, self.dz, self.D = dx, dz, dx + dz
         self.sigma = float(sigma)
@@ -210,9 +214,10 @@ class LinearGaussianWorld:
         self.randomize()
 
         sampler = ExactGaussianSampler(dx) if samplers else None
-        self.q = DataDensity(self.encoder, name="q")
+        pathwise = not score_function
+        self.q = DataDensity(self.encoder, reparameterized=pathwise, name="q")
         self.q0 = DataDensity(name="q0")
-        self.p = GeneratorDensity(self.decoder, latent_shape=dz, sigma=self.sigma, name="p")
+        self.p = GeneratorDensity(self.decoder, latent_shape=dz, sigma=self.sigma, reparameterized=pathwise, name="p")
         self.pi = LatentEBM(self.latent_energy, sampler=sampler, name="π")
         self.mu = MarginalEBM(self.marginal_energy, sampler=sampler, name="μ")
         if shared:

@@ -236,6 +236,7 @@ def assert_matches(world: LinearGaussianWorld, estimator, expected, *, steps=STE
     assert not bad, "estimates disagree with the oracle:\n" + "\n".join(
         f"  {labels[i]}: estimate {mean[i]:.6g} ± {se[i]:.3g}, oracle {target[i]:.6g}" for i in bad
     ) + "\n" + estimator.explain()
+    return est
 
 
 def check_game(world: LinearGaussianWorld, game: Game, contestants: list[Contestant]) -> str:
@@ -262,9 +263,9 @@ def check_game(world: LinearGaussianWorld, game: Game, contestants: list[Contest
     return "compiled"
 
 
-def make_world(dx, dz, *, seed=0, sigma=0.8, shared=True, samplers=False) -> LinearGaussianWorld:
+def make_world(dx, dz, *, seed=0, sigma=0.8, shared=True, samplers=False, score_function=False) -> LinearGaussianWorld:
     torch.manual_seed(seed)
-    return LinearGaussianWorld(dx, dz, sigma=sigma, shared=shared, samplers=samplers)
+    return LinearGaussianWorld(dx, dz, sigma=sigma, shared=shared, samplers=samplers, score_function=score_function)
 
 
 def contestant(name, objective, direction, *networks_and_roles) -> Contestant:
@@ -621,3 +622,30 @@ def test_decoupled_x_marginal_merges_with_marginal_ebm():
     assert analytic_verdict(w, players) == Verdict(intractable=(), unused=())
     estimator = L.maximize(w.mu, name="ebm").compile()
     assert_matches(w, estimator, expected_from_oracle(w, players))
+
+
+@pytest.mark.parametrize("game_name", ["vae", "latent-ebm triangle"])
+def test_the_score_function_route_forced_on_gaussian_sources_matches_the_oracle(game_name):
+    """With q's z and p's x drawn without a pathwise gradient, every gradient that flowed through
+    them takes the score-function route: the same expectations (the oracle's), a larger variance."""
+    spread = {}
+    for score_function in (False, True):
+        world = make_world(3, 2, seed=12, score_function=score_function)
+        vae = KL(world.q, world.p)
+        if game_name == "vae":
+            game = vae.minimize(world.q, world.p, name="vae")
+            players = [contestant("vae", vae, "min", (world.decoder, "decoder"), (world.encoder, "encoder"))]
+        else:
+            L = vae + KL(world.p, world.pi) - KL(world.q, world.pi)
+            game = L.minimize(world.p, world.q, name="vae").maximize(world.pi, name="ebm")
+            players = [contestant("vae", L, "min", (world.decoder, "decoder"), (world.encoder, "encoder")),
+                       contestant("ebm", L, "max", (world.latent_energy, "latent energy"))]
+        estimator = game.compile()
+        explained = estimator.explain()
+        assert ("gradient by the score function" in explained) == score_function
+        est = assert_matches(world, estimator, expected_from_oracle(world, players), steps=128)
+        spread[score_function] = est.std(0)
+    # the vae player's gradient components (the first entry of each row is its value)
+    n = sum(p.numel() for p in (*world.decoder.parameters(), *world.encoder.parameters()))
+    ratio = (spread[True][1 : n + 1] / spread[False][1 : n + 1]).median()
+    assert ratio > 1.5, f"the score-function gradient should be noisier; median sd ratio {ratio:.2f}"
