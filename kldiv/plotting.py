@@ -5,7 +5,12 @@ r"""Pictures of energy-based models and their samples, written as PNG files.
   its log density $f$, or its energy $-f$ — evaluated on a grid, with samples
   drawn over it;
 * [`save_image_grid`][kldiv.plotting.save_image_grid]: a grid of image
-  samples (``torchvision.utils.make_grid``), saved with ``save_image``.
+  samples (``torchvision.utils.make_grid``), saved with ``save_image``;
+* [`plot_energy_histograms`][kldiv.plotting.plot_energy_histograms] and
+  [`plot_precision_recall`][kldiv.plotting.plot_precision_recall]: the
+  pictures of the detection metrics of `kldiv.metrics` (histograms of OOD
+  scores, the precision–recall curve with its AUPRC), also importable from
+  `kldiv.metrics`.
 
 Figures are drawn on matplotlib's Agg canvas directly (no ``pyplot``, no
 global backend switch), so plotting works on machines without a display and
@@ -24,15 +29,20 @@ Examples:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-__all__ = ["energy_grid", "plot_energy_2d", "save_image_grid"]
+if TYPE_CHECKING:
+    from kldiv.metrics._common import ArrayLike
+
+__all__ = ["energy_grid", "plot_energy_2d", "plot_energy_histograms", "plot_precision_recall", "save_image_grid"]
 
 Bounds = tuple[float, float, float, float]
 
@@ -212,3 +222,109 @@ def save_image_grid(
     )
     save_image(grid, os.fspath(path))
     return grid
+
+
+# --------------------------------------------------------------------------- #
+# Plots of the detection metrics (kldiv.metrics)
+# --------------------------------------------------------------------------- #
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save_png(figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=120)
+    return path
+
+
+def plot_energy_histograms(
+    in_scores: ArrayLike,
+    out_scores: ArrayLike | Mapping[str, ArrayLike],
+    path: str | Path,
+    *,
+    in_name: str = "in-distribution",
+    xlabel: str = r"energy $E(x) = -f(x)$",
+    bins: int = 50,
+) -> Path:
+    r"""Histograms of the scores of in- and out-of-distribution data, one panel per OOD set, as a PNG.
+
+    Like Fig. 3 of Han et al. (2020): each panel overlays the normalised
+    histogram of the in-distribution test scores with that of one OOD set,
+    on shared bins. To plot log likelihoods $f$ as in the paper, pass
+    ``-scores`` and ``xlabel="log likelihood (unnormalised)"``.
+
+    Arguments:
+        in_scores: scores of the in-distribution images, shape ``(n,)``.
+        out_scores: scores of one OOD set, or a mapping name → scores for several.
+        path: the PNG file to write (parent folders are created).
+        in_name: legend label of the in-distribution data.
+        xlabel: label of the horizontal axis.
+        bins: number of histogram bins per panel.
+
+    Returns:
+        ``path``, as a ``Path``.
+    """
+    from kldiv.metrics._common import _as_1d  # here, not at the top: kldiv.metrics imports this module
+
+    s_in = _as_1d(in_scores, "in_scores")
+    groups = (
+        dict(out_scores) if isinstance(out_scores, Mapping) else {"out-of-distribution": out_scores}
+    )
+    if not groups:
+        raise ValueError("out_scores is an empty mapping")
+    outs = {str(name): _as_1d(values, f"out_scores[{name!r}]") for name, values in groups.items()}
+    figure = _new_figure(3.6 * len(outs), 3.0)
+    axes = figure.subplots(1, len(outs), squeeze=False)[0]
+    for ax, (name, s_out) in zip(axes, outs.items(), strict=True):
+        edges = np.histogram_bin_edges(np.concatenate([s_in, s_out]), bins=bins)
+        ax.hist(s_in, bins=edges, density=True, alpha=0.55, label=in_name)
+        ax.hist(s_out, bins=edges, density=True, alpha=0.55, label=name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("density")
+        ax.set_title(f"{in_name} vs {name}", fontsize="medium")
+        ax.legend(fontsize="small")
+    return _save_png(figure, path)
+
+
+def plot_precision_recall(
+    scores: ArrayLike, labels: ArrayLike, path: str | Path, *, title: str | None = None
+) -> Path:
+    r"""The precision–recall curve of anomaly scores, with its AUPRC, as a PNG.
+
+    Draws the points of [`precision_recall`][kldiv.metrics.precision_recall]
+    joined by straight lines, i.e. the curve whose area
+    [`anomaly_auprc`][kldiv.metrics.anomaly_auprc] reports, and the chance
+    level (the fraction of anomalies).
+
+    Arguments:
+        scores: anomaly scores, higher = more anomalous, shape ``(n,)``.
+        labels: 1 = anomaly, 0 = normal, shape ``(n,)``.
+        path: the PNG file to write (parent folders are created).
+        title: figure title (default none).
+
+    Returns:
+        ``path``, as a ``Path``.
+    """
+    from kldiv.metrics._common import _as_1d  # here, not at the top: kldiv.metrics imports this module
+    from kldiv.metrics.detection import _binary_labels, anomaly_auprc, precision_recall
+
+    recall, precision = precision_recall(scores, labels)
+    area = anomaly_auprc(scores, labels)
+    base_rate = float(np.mean(_binary_labels(labels, len(_as_1d(scores, "scores")))))
+    figure = _new_figure(4.0, 3.6)
+    ax = figure.subplots()
+    ax.plot(recall, precision, lw=1.5, label=f"AUPRC = {area:.3f}")
+    ax.axhline(base_rate, color="grey", ls="--", lw=1, label=f"chance = {base_rate:.3f}")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="lower left", fontsize="small")
+    return _save_png(figure, path)

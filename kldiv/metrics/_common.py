@@ -1,0 +1,76 @@
+"""What the metrics share: the types of their inputs, batching, eval mode, and 1-D score arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeAlias
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+Images: TypeAlias = Tensor | Iterable[Tensor | tuple | list]
+"""A tensor ``(n, C, H, W)`` or an iterable of such batches (or of ``(images, ...)`` tuples)."""
+
+ArrayLike: TypeAlias = Tensor | np.ndarray | Iterable[float]
+
+
+def _batches(data: Images, batch_size: int) -> Iterator[Tensor]:
+    """Yield image batches from a tensor (split along dim 0) or an iterable of batches."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(data, Tensor):
+        if data.ndim == 0:
+            raise ValueError("expected a batch of images of shape (n, ...), got a scalar tensor")
+        yield from data.split(batch_size)
+        return
+    if isinstance(data, np.ndarray):
+        raise TypeError("pass images as a torch tensor (torch.from_numpy), not a numpy array")
+    for item in data:
+        if isinstance(item, (tuple, list)):
+            if not item:
+                raise ValueError("got an empty batch tuple")
+            item = item[0]
+        if not isinstance(item, Tensor):
+            raise TypeError(f"expected batches of image tensors, got {type(item).__name__}")
+        yield item
+
+
+def _device_of(module: nn.Module | None, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if module is not None:
+        for tensor in module.parameters():
+            return tensor.device
+        for tensor in module.buffers():
+            return tensor.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def _evaluation_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put modules (and all their submodules) in eval mode, restoring each one's flag after."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
+
+
+def _as_1d(values: ArrayLike, name: str) -> np.ndarray:
+    if isinstance(values, Tensor):
+        values = values.detach().cpu().to(torch.float64).numpy()
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1:
+        array = array.reshape(-1) if array.ndim == 2 and 1 in array.shape else array
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} has {int(np.sum(~np.isfinite(array)))} non-finite values")
+    return array
