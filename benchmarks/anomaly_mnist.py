@@ -216,10 +216,18 @@ def main(argv=None):
     settings = settings_of(args)
     command = "python benchmarks/anomaly_mnist.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if not args.table_only:
+        for digit in args.digits:  # never overwrite results run with other settings
+            f = out / f"digit{digit}.json"
+            earlier = json.loads(f.read_text()) if f.exists() else {}
+            clash = [m for m in args.models if m in earlier and earlier[m].get("settings") != settings]
+            if clash:
+                ap.error(f"{f} holds results of {', '.join(clash)} run with other settings "
+                         f"({earlier[clash[0]].get('settings')}); give another --out")
         for digit in args.digits:
             split = mnist_anomaly_split(args.data_root, digit, download=args.download)
-            # earlier results for this digit with the same settings stay; the models run now replace theirs
-            results = load_results(out, settings).get(digit, {})
+            # earlier results for this digit stay; the models run now replace theirs
+            f = out / f"digit{digit}.json"
+            results = json.loads(f.read_text()) if f.exists() else {}
             for m in args.models:
                 where = out / f"digit{digit}" / m
                 if where.exists():  # a fresh run: the recipe resumes from its own checkpoints only

@@ -68,6 +68,9 @@ def test_anomaly_benchmark_trains_by_the_recipes_and_writes_its_table(tmp_path):
     assert "| VAE (kldiv) |" in (tmp_path / "table.md").read_text()
     module.main([*common, "--table-only", "--epochs", "3"])
     assert "| 4 |" not in (tmp_path / "table.md").read_text()
+    with pytest.raises(SystemExit):  # results of other settings are never overwritten
+        module.main([*common, "--models", "vae", "--epochs", "3"])
+    assert set(json.loads((tmp_path / "digit4.json").read_text())) == {"latent-ebm", "latent-prior-ebm", "vae"}
 
 
 @pytest.mark.skipif(not (SHARED / "MNIST").exists(), reason="MNIST is not at ../shared/data")
