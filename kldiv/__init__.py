@@ -5,14 +5,15 @@ from kldiv.compiler import Estimator, Game, Player, Round, StepOutput, sample
 from kldiv.densities import (
     DataDensity,
     DecoupledEBLVM,
-    EnergyPrior,
     Density,
+    EnergyPrior,
     GeneratorDensity,
     LatentEBM,
     MarginalEBM,
     Samples,
     Term,
 )
+from kldiv.factors import Factor, FactoredDensity
 from kldiv.samplers import NUTS, Importance, Langevin, Sampler
 
 __version__ = "0.1.0"
@@ -23,11 +24,13 @@ __all__ = [
     "Contribution",
     "DataDensity",
     "DecoupledEBLVM",
-    "EnergyPrior",
     "Density",
     "Divergence",
+    "EnergyPrior",
     "Estimator",
     "Expression",
+    "Factor",
+    "FactoredDensity",
     "Game",
     "Importance",
     "Langevin",

@@ -324,6 +324,7 @@ def _closed_form(alive: list[Merged]) -> list[Merged]:
                 for o in out
                 if o.source is s
                 and o.term.key[0] in ("standard_normal", "prior")
+                and o.term.reads == frozenset({"z"})
                 and abs(o.coef + m.coef) < _EPS * max(1.0, abs(m.coef))
             ),
             None,

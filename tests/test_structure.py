@@ -19,8 +19,10 @@ import pytest
 import torch
 from torch import nn
 
-from kldiv import (DecoupledEBLVM, Density, EnergyPrior, GeneratorDensity, Langevin, LatentEBM, MarginalEBM, Samples,
-                   Term)
+import pyro.distributions as dist
+
+from kldiv import (DataDensity, DecoupledEBLVM, Density, EnergyPrior, Factor, FactoredDensity, GeneratorDensity, Langevin,
+                   LatentEBM, MarginalEBM, Samples, Term)
 from kldiv.samplers import NoiseStart
 from kldiv.compiler import Round, _NoGame
 from toys import Decoder, decoupled_parts, triangle_parts
@@ -81,9 +83,32 @@ class LearnedPriorGenerator(Density):
         return "z ~ N(m, I), x ~ N(g(z), sigma^2 I)"
 
 
+class Location(nn.Module):
+    """p(z) = N(m, I) with a learned mean: a parentless factor."""
+
+    def __init__(self):
+        super().__init__()
+        self.m = nn.Parameter(torch.randn(DZ, dtype=torch.float64))
+
+    def forward(self):
+        return dist.Normal(self.m, 1.0).to_event(1)
+
+
+class Pixels(nn.Module):
+    """p(x|z) = N(g(z), 0.5^2 I)."""
+
+    def __init__(self):
+        super().__init__()
+        self.g = Decoder(DZ, DX).double()
+
+    def forward(self, z):
+        return dist.Normal(self.g(z), 0.5).to_event(1)
+
+
 # the summands whose declared gradient cancels exactly (see the test)
 CANCELS = {("p", "log N(x; g(z), σ²I)"), ("p_s", "log N(x; g(z), σ²I)"), ("u", "log N(z; m, I)"),
-           ("u", "log N(x; g(z))"), ("p_ebm", "log N(x; g(z), σ²I)")}
+           ("u", "log N(x; g(z))"), ("p_ebm", "log N(x; g(z), σ²I)"), ("f", "log f(z)"), ("f", "log f(x|z)"),
+           ("f_s", "log f(z)")}
 
 
 def _world():
@@ -97,10 +122,15 @@ def _world():
     fz = nn.Sequential(nn.Linear(DZ, 8), nn.Tanh(), nn.Linear(8, 1)).double()
     ebm_prior = EnergyPrior(fz, DZ, sampler=Langevin(3, 0.1, init=NoiseStart("normal", shape={"z": (DZ,)})))
     p_ebm = GeneratorDensity(dec, latent_shape=DZ, sigma=0.5, synthesis="mean", prior=ebm_prior, name="p_ebm")
-    sources = [p_mean, p_sample, q, user, chains, marginal, ebm_prior, p_ebm]
-    holders = [p_mean, q, pi, big_pi, user, MarginalEBM(fx), ebm_prior, p_ebm]
+    # a user's density declared by its factors: the structure is derived, not written
+    loc, pix = Location(), Pixels()
+    factored = FactoredDensity([Factor("z", loc), Factor("x", pix, parents=("z",))], name="f")
+    unpathed = FactoredDensity([Factor("z", loc), Factor("x", pix, parents=("z",), reparameterized=False)], name="f_s")
+    fq = FactoredDensity([Factor("x", input="data"), Factor("z", enc, parents=("x",))], name="fq")
+    sources = [p_mean, p_sample, q, user, chains, marginal, ebm_prior, p_ebm, factored, unpathed, fq]
+    holders = [p_mean, q, pi, big_pi, user, MarginalEBM(fx), ebm_prior, p_ebm, factored, fq]
     nets = {"encoder": enc, "decoder": dec, "f(x, z)": f, "f(x)": fx, "user prior": user.prior,
-            "user decoder": user.decoder, "f(z)": fz}
+            "user decoder": user.decoder, "f(z)": fz, "factor prior": loc, "factor decoder": pix}
     return sources, holders, nets
 
 
@@ -179,3 +209,18 @@ def test_every_density_has_a_log_prob_up_to_the_terms_it_names():
         p.log_prob({"x": x})
     with pytest.raises(ValueError, match="one common number of rows"):
         p.log_prob({"x": x, "z": z[:3]})
+
+
+def test_a_factored_density_derives_what_the_hand_written_ones_declare():
+    torch.manual_seed(0)
+    enc = triangle_parts(DX, DZ)[0]
+    q, fq = DataDensity(enc), FactoredDensity([Factor("x", input="data"), Factor("z", enc, parents=("x",))])
+    for reads in (frozenset({"x"}), frozenset({"z"}), frozenset({"x", "z"})):
+        assert fq.dependence(reads) == q.dependence(reads) and fq.pathwise(reads) == q.pathwise(reads)
+    assert fq.marginal_key(frozenset({"x"})) == q.marginal_key(frozenset({"x"}))  # the same data
+    assert [t.key for t in fq.terms()] == [("data", "data"), ("factor", enc, "z", ("x",))]
+    assert fq.drawn_from("z") is fq.terms()[1] and fq.uncomputed() == ("log q_data(x)",)
+    with pytest.raises(ValueError, match="which no earlier factor draws"):
+        FactoredDensity([Factor("z", enc, parents=("x",)), Factor("x", input="data")])
+    with pytest.raises(ValueError, match="exactly one of network, distribution or input"):
+        Factor("z")
