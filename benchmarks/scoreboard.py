@@ -1,4 +1,4 @@
-"""One scoreboard for the four papers' claims: every recipe and a plain VAE on MNIST, at one budget.
+"""One scoreboard for the papers' claims: every recipe and a plain VAE on MNIST, at one budget.
 
 Each model is trained by its own recipe (``recipes/*.py``, imported and run
 in this process with its defaults) on MNIST without one held-out digit
@@ -12,7 +12,7 @@ same number of steps, batch size, network width and latent size for all; then
 | FD revised | the same for the MCMC-taught EBM's revised samples: the VAE's samples after the recipe's Langevin chain, clamped to [-1, 1] |
 | FID, FID revised | with ``--fid``: the same samples' Fréchet Inception distance (`kldiv.metrics.inception_fid`, the ``fid`` extra) |
 | RMSE | reconstruction error g(mu(x)) of the normal test digits, in [-1, 1] units |
-| AUROC | OOD detection of Fashion-MNIST, uniform noise and constant images against the normal test digits, by the model's own score (the energy; the negative ELBO for the VAE) |
+| AUROC | OOD detection of Fashion-MNIST, uniform noise and constant images against the normal test digits, by the model's own score (the energy; the negative log joint at the encoder mean for the latent-space EBM prior; the negative ELBO for the VAE) |
 | AUPRC | anomaly detection of the held-out digit among the test digits, by the same score |
 | steps/s | training rounds per second, from short runs of every model side by side after the scoring (``--time-steps``), so that other work on the machine during a long training run does not enter it |
 
@@ -212,6 +212,11 @@ def claims(rows: dict) -> list[str]:
             out.append(f"- Joint training ({TITLES[m]}) gives better samples than the VAE alone (FD "
                        f"{_fmt(rows[m]['fd'], 1)} vs {_fmt(rows['vae']['fd'], 1)}): "
                        f"**{'holds' if ok else 'does not hold'}**.")
+    if {"latent-prior-ebm", "vae"} <= rows.keys():
+        ok = rows["latent-prior-ebm"]["fd"] < rows["vae"]["fd"]
+        out.append(f"- An EBM prior in latent space gives better samples than the VAE's Gaussian prior (Pang et al. "
+                   f"2020; FD {_fmt(rows['latent-prior-ebm']['fd'], 1)} vs {_fmt(rows['vae']['fd'], 1)}): "
+                   f"**{'holds' if ok else 'does not hold'}**.")
     if "mcmc-teaching" in rows:
         r = rows["mcmc-teaching"]
         ok = r["fd_revised"] < r["fd"]

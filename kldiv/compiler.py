@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from kldiv.algebra import Contribution, Expression
-from kldiv.densities import Density, Samples, Term, _EnergyBased, prior_kl_term
+from kldiv.densities import Density, EnergyBased, Samples, Term, prior_kl_term
 from kldiv.errors import (
     CompileError,
     InputError,
@@ -562,7 +562,7 @@ class Estimator(nn.Module):
         self._namer = _Namer(densities)
         payers: dict[int, Density] = {}
         for d in densities:
-            if isinstance(d, _EnergyBased) and d.sampler is not None:
+            if isinstance(d, EnergyBased) and d.sampler is not None:
                 payers.setdefault(id(d.energy), d)
         self.plans: dict[str, Plan] = {
             p.name: _plan(p, payers, self._namer, closed_form) for p in game.players

@@ -44,6 +44,7 @@ __all__ = [
     "DataDensity",
     "DecoupledEBLVM",
     "Density",
+    "EnergyBased",
     "EnergyPrior",
     "Evaluator",
     "GeneratorDensity",
@@ -752,11 +753,55 @@ def _rsample(dist: object, owner: Density) -> Tensor:
     return dist.rsample()
 
 
-class _EnergyBased(Density):
-    """Shared machinery of the densities with an energy network and a log normaliser."""
+class EnergyBased(Density):
+    r"""An energy-based density on any network: $\pi(v) = \exp f(v) / Z$ over the variables ``variables``.
 
-    def __init__(self, energy: nn.Module, sampler: Sampler | None, name: str, latex: str | None):
+    Log-density terms: $f(v)$ (the network called on the variables in the
+    order given) and $-\log Z$, which the compiler cancels where the
+    expression allows and otherwise pays for with the attached sampler
+    ($\nabla \log Z = E_\pi[\nabla f]$).  Every sampler draws from it through
+    `target`, so an energy model written outside kldiv is sampled like the
+    built-in ones; `LatentEBM`, `MarginalEBM`, `DecoupledEBLVM` and
+    `EnergyPrior` are this class with their variables fixed (and, for the last
+    two, an encoder or a base term added).
+
+    Arguments:
+        energy: network $v \mapsto f(v)$ of shape ``(n,)`` or ``(n, 1)``.
+        sampler: optional [`Sampler`][kldiv.samplers.Sampler] drawing from $\pi$.
+        name: short name for printing.
+        latex: the name in LaTeX (default: ``name``).
+        variables: the variables the energy reads, e.g. ``("x",)`` or
+            ``("x", "z")``; fixed by the subclasses.
+
+    Examples:
+        >>> import torch
+        >>> from kldiv import EnergyBased
+        >>> from kldiv.samplers import Langevin
+        >>> f = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.SiLU(), torch.nn.Linear(8, 1))
+        >>> pi = EnergyBased(f, variables=("y",), sampler=Langevin(10, 0.1, init="normal", shape={"y": 3}))
+        >>> [t.label for t in pi.terms()], pi.sampleable
+        (['f(y)', 'log Z(π)'], True)
+    """
+
+    _energy_reads: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        energy: nn.Module,
+        sampler: Sampler | None = None,
+        name: str = "π",
+        latex: str | None = None,
+        *,
+        variables: tuple[str, ...] | None = None,
+    ):
         super().__init__(name, latex)
+        if variables is not None:
+            variables = tuple(variables)
+            if not variables or not all(isinstance(v, str) for v in variables) or len(set(variables)) != len(variables):
+                raise ValueError(f"variables must be distinct variable names, got {variables!r}")
+            self.variables = self._energy_reads = variables
+        elif not self._energy_reads:
+            raise TypeError("EnergyBased needs the variables its energy reads: EnergyBased(f, variables=('x',))")
         self.energy = energy
         self.sampler = sampler
         reads = frozenset(self._energy_reads)
@@ -841,7 +886,7 @@ class _EnergyBased(Density):
         return f"sampled by {self.sampler!r} (samples detached)"
 
 
-class LatentEBM(_EnergyBased):
+class LatentEBM(EnergyBased):
     r"""A latent energy-based model $\pi_\alpha(x, z) = \exp f_\alpha(x, z) / Z(\alpha)$.
 
     Log-density terms: $f_\alpha(x, z)$ and $-\log Z(\alpha)$.  $\log Z$ reads no
@@ -870,7 +915,7 @@ class LatentEBM(_EnergyBased):
         super().__init__(energy, sampler, name, latex)
 
 
-class MarginalEBM(_EnergyBased):
+class MarginalEBM(EnergyBased):
     r"""An energy-based model on $x$ alone, $\pi_\alpha(x) = \exp f_\alpha(x) / Z(\alpha)$.
 
     Arguments:
@@ -894,7 +939,7 @@ class MarginalEBM(_EnergyBased):
         super().__init__(energy, sampler, name, latex)
 
 
-class DecoupledEBLVM(_EnergyBased):
+class DecoupledEBLVM(EnergyBased):
     r"""The decoupled energy-based latent-variable model $\Pi(x, z) = \pi_\psi(x)\, q_\phi(z \mid x)$.
 
     A marginal EBM $\pi_\psi(x) = \exp f_\psi(x) / Z(\psi)$ times an encoder
@@ -967,7 +1012,7 @@ class DecoupledEBLVM(_EnergyBased):
         return f"x by {self.sampler!r} (detached), z ~ q(z|x) (reparameterised)"
 
 
-class EnergyPrior(_EnergyBased):
+class EnergyPrior(EnergyBased):
     r"""An energy-based prior on the latent vector (Pang, Han, Nijkamp, Zhu & Wu, NeurIPS 2020).
 
     $$ p_\alpha(z) = \frac{1}{Z(\alpha)} \exp f_\alpha(z)\, \mathcal N(z; 0, I), $$
@@ -1041,3 +1086,4 @@ class EnergyPrior(_EnergyBased):
 
     def networks(self) -> dict[str, nn.Module]:
         return {"prior": self.energy}
+

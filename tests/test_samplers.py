@@ -600,3 +600,33 @@ def test_plots_write_png_files(tmp_path):
     grid = save_image_grid(torch.rand(10, 1, 28, 28) * 2 - 1, grid_path, nrow=5)
     assert grid.shape[0] == 3 and grid.min() >= 0 and grid.max() <= 1
     assert grid_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_energy_model_on_any_variable_is_sampled_and_trained_without_kldiv_knowing_its_class():
+    """EnergyBased over a variable of the user's naming: Langevin draws it through target(), and maximum
+    likelihood against data declared by a factor gets the gradient -E_data[grad f] + E_pi[grad f]."""
+    from kldiv import KL, EnergyBased, Factor, FactoredDensity
+    from kldiv.samplers import NoiseStart
+
+    class Shifted(nn.Module):  # f_a(y) = -(y - a)^2 / 2: pi = N(a, 1)
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+
+        def forward(self, y):
+            return -0.5 * (y[:, 0] - self.a).square()
+
+    torch.manual_seed(0)
+    f = Shifted()
+    pi = EnergyBased(f, variables=("y",), sampler=Langevin(100, 0.2, init=NoiseStart("normal", shape={"y": (1,)})))
+    data = FactoredDensity([Factor("y", input="data")], name="data")
+    step = KL(data, pi).minimize(pi, name="ebm").compile()
+    assert "paid for by a sampler" in step.explain()
+    grads = []
+    for _ in range(20):
+        y = 2.0 + torch.randn(500, 1, dtype=torch.float64)
+        grads.append(torch.autograd.grad(step(y).losses["ebm"], [f.a])[0].item())
+        expected_part = -(y.mean().item() - 0.5)  # -E_data[y - a]; E_pi[y - a] = 0
+        grads[-1] -= expected_part
+    g = torch.tensor(grads)  # what is left: E_pi[y - a] by the chains, zero in mean
+    assert abs(g.mean()) <= 4.5 * g.std() / len(g) ** 0.5 + 0.02, g
