@@ -32,7 +32,7 @@ Results go to ``--out``: a JSON per digit, which keeps the results of earlier
 invocations with the same settings (so digits and models can be run a few at a
 time), and ``table.md``, every digit and model run with these settings beside
 the published numbers (Han et al. 2020, Pang et al. 2020, Cui, Wu & Han 2023),
-with the command line; ``--table-only`` rewrites it, ``--plots-only`` redraws
+with the command that reproduces all of it; ``--table-only`` rewrites it, ``--plots-only`` redraws
 the precision-recall curves and score histograms of an earlier run from its
 checkpoints.
 """
@@ -179,7 +179,8 @@ def table(results: dict, args, command: str) -> str:
     ema = f"; EMA: the moving average of the weights, decay {args.ema}" if args.ema else ""
     note = (f"\n\nkldiv columns: AUPRC averaged over the last {args.average_last} of {args.epochs} epochs "
             f"(± their standard deviation), width {args.width}, z in R^{args.latent_dim}{ema}; "
-            f"training and scoring {minutes:.1f} min in all.\n\n    {command.strip()}\n")
+            f"training and scoring {minutes:.1f} min in all. Every row and column comes from (a few digits "
+            f"or models at a time with --digits and --models):\n\n    {command.strip()}\n")
     return "\n".join(lines) + note
 
 
@@ -214,7 +215,10 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = settings_of(args)
-    command = "python benchmarks/anomaly_mnist.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    # every result in the table was run with these settings, whichever digits and models each invocation took
+    flags = [f"--{k.replace('_', '-')} {v if k != 'recipe_args' else repr(v)}"
+             for k, v in settings.items() if v != ap.get_default(k)]
+    command = " ".join(["python benchmarks/anomaly_mnist.py", *flags])
     if not args.table_only:
         for digit in args.digits:  # never overwrite results run with other settings
             f = out / f"digit{digit}.json"

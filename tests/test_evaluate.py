@@ -53,7 +53,8 @@ def test_anomaly_benchmark_trains_by_the_recipes_and_writes_its_table(tmp_path):
               "--data-root", str(SHARED)]
     module.main([*common, "--models", "latent-ebm", "latent-prior-ebm"])
     table = (tmp_path / "table.md").read_text()
-    assert "| 4 | 0.337 | 0.723 | 0.630 | 0.949 |" in table and "python benchmarks/anomaly_mnist.py --digits 4" in table
+    assert "| 4 | 0.337 | 0.723 | 0.630 | 0.949 |" in table
+    assert "python benchmarks/anomaly_mnist.py --epochs 2 --average-last 2 --epoch-steps 3 --width 4" in table
     assert "latent EBM (2020), EMA (kldiv)" in table and "latent-space EBM prior (Pang 2020) (kldiv)" in table
     result = json.loads((tmp_path / "digit4.json").read_text())
     assert set(result) == {"latent-ebm", "latent-prior-ebm"}
