@@ -25,8 +25,9 @@ chosen on the test set.
     python benchmarks/anomaly_mnist.py --width 64 --latent-dim 100 --epochs 100 --device cuda   # the paper's size
 
 The defaults are sized for two CPU cores: networks of width 16, z in R^16, 12
-epochs, the AUPRC averaged over the last 5; a digit takes about 20 minutes for
-the latent EBM, 5 for the VAE.  The paper trains DCGAN-size networks for many
+epochs, the AUPRC averaged over the last 5; a digit took 11-23 minutes for the
+latent EBM, 12-17 for the EBM prior and 4-15 for the VAE, one thread each, two
+runs sharing the cores.  The paper trains DCGAN-size networks for many
 more epochs.  ``--recipe-args`` passes further options to every recipe.
 Results go to ``--out``: a JSON per digit, which keeps the results of earlier
 invocations with the same settings (so digits and models can be run a few at a
