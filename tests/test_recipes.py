@@ -17,7 +17,7 @@ CASES = [
     ("triangle", []),
     ("triangle", ["--schedule", "simultaneous", "--sleep-weight", "1"]),
     ("triangle", ["--compile"]),  # every network compiled (no spectral norm here)
-    ("latent_ebm", ["--compile", "--amp", "bf16"]),  # the spectrally normalised energy stays eager
+    ("latent_ebm", ["--compile", "--amp", "bf16"]),  # every network compiled, the spectrally normalised energy too
     ("bidvl", []),
     ("bidvl", ["--no-offset", "--lower-steps", "2"]),
     ("bidvl", ["--no-offset", "--encoder-upper", "prior"]),

@@ -259,3 +259,32 @@ def test_the_moving_average_of_a_spectrally_normalised_energy_scores_like_the_ne
         assert u and all(abs(float(t.norm()) - 1) < 1e-3 for t in u)  # unit vectors, as power iteration keeps them
     assert scores[True].std() > 0.1 * scores[False].std()  # not the constant of a blown-up average
     assert torch.corrcoef(torch.stack([scores[True], scores[False]]))[0, 1] > 0.5
+
+
+def test_a_compiled_spectrally_normalised_energy_runs_a_round_as_the_eager_one():
+    """Two passes, then two backward passes through one graph (retain_graph), as a round does:
+    the compiled energy gives the eager one's values, gradients and power-iteration vectors."""
+    import copy
+
+    from kldiv.nn import MLPEnergy
+    from kldiv.train import compile_network
+
+    torch.manual_seed(0)
+    eager = MLPEnergy(6, latent_dim=3, hidden=(16,), spectral_norm=True)
+    compiled = compile_network(copy.deepcopy(eager))
+    x, z = torch.randn(8, 6), torch.randn(8, 3)
+    outs, grads = [], []
+    for f in (eager, compiled):
+        a, b = f(x, z).mean(), f(x + 1, z).mean()
+        (a - b).backward(retain_graph=True)
+        (a + b).backward()
+        outs.append(torch.stack([a, b]).detach())
+        grads.append([p.grad.clone() for p in f.parameters()])
+    torch.testing.assert_close(outs[0], outs[1])
+    for g0, g1 in zip(*grads):
+        torch.testing.assert_close(g0, g1)
+    torch.testing.assert_close(eager.state_dict(), compiled._net.state_dict())  # the same u, v after the round
+    compiled.eval()  # evaluation: no power iteration, as in eager mode
+    before = {k: v.clone() for k, v in compiled._net.state_dict().items()}
+    compiled(x, z)
+    torch.testing.assert_close(before, compiled._net.state_dict())
