@@ -306,6 +306,19 @@ def _standard_normal_log_prob(z: Tensor) -> Tensor:
     return -0.5 * (flat.square().sum(1) + flat.shape[1] * _LOG_2PI)
 
 
+def _standard_normal_term(latent_shape: tuple[int, ...]) -> Term:
+    r"""The term $\log \mathcal N(z; 0, I)$: one key for every density with it, so they merge
+    (and the compiler pairs it with an encoder into the closed-form KL)."""
+    return Term(
+        key=("standard_normal", latent_shape),
+        label="log N(z; 0, I)",
+        latex=r"\log \mathcal{N}(z; 0, I)",
+        reads=frozenset({"z"}),
+        evaluate=lambda ev, s: _standard_normal_log_prob(s["z"]),
+        factor="z",
+    )
+
+
 def _per_sample(out: Tensor) -> Tensor:
     """Accept an ``(n,)`` or ``(n, 1)`` network output; leave anything else for validation."""
     if out.dim() == 2 and out.shape[1] == 1:
@@ -412,16 +425,7 @@ class GeneratorDensity(Density):
                 )
             z_terms = prior.terms()
         elif prior is None:
-            z_terms = (
-                Term(
-                    key=("standard_normal", self.latent_shape),
-                    label="log N(z; 0, I)",
-                    latex=r"\log \mathcal{N}(z; 0, I)",
-                    reads=frozenset({"z"}),
-                    evaluate=lambda ev, s: _standard_normal_log_prob(s["z"]),
-                    factor="z",
-                ),
-            )
+            z_terms = (_standard_normal_term(self.latent_shape),)
         else:
             z_terms = (
                 Term(
@@ -1068,14 +1072,7 @@ class EnergyPrior(EnergyBased):
     ):
         super().__init__(energy, sampler, name, latex)
         self.latent_shape = _as_shape(latent_shape)
-        self.base_term = Term(
-            key=("standard_normal", self.latent_shape),
-            label="log N(z; 0, I)",
-            latex=r"\log \mathcal{N}(z; 0, I)",
-            reads=frozenset({"z"}),
-            evaluate=lambda ev, s: _standard_normal_log_prob(s["z"]),
-            factor="z",
-        )
+        self.base_term = _standard_normal_term(self.latent_shape)  # the generator's N(0, I) term
 
     def terms(self) -> tuple[Term, ...]:
         return (self.energy_term, self.base_term, self.log_normalizer)

@@ -54,7 +54,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import attrs
 import torch
@@ -186,11 +186,7 @@ class FactoredDensity(Density):
         net = f.network
 
         def evaluate(ev: Evaluator, s: Samples) -> Tensor:
-            out = ev.call(net, *(s[p] for p in parents))
-            if not isinstance(out, Distribution):
-                raise TypeError(f"the network of the factor of {v!r} in {self.name} must return a torch/pyro "
-                                f"distribution, got {type(out).__name__}")
-            return _per_sample(out.log_prob(s[v]))
+            return _per_sample(self._distribution(ev, f, s.values).log_prob(s[v]))
 
         return Term(
             key=("factor", net, v, parents),
@@ -204,6 +200,14 @@ class FactoredDensity(Density):
 
     def terms(self) -> tuple[Term, ...]:
         return self._terms
+
+    def _distribution(self, ev: Evaluator, f: Factor, values: Mapping[str, Tensor]) -> Distribution:
+        """The distribution a network factor gives its variable, given the parents in ``values``."""
+        d = ev.call(f.network, *(values[p] for p in f.parents))
+        if not isinstance(d, Distribution):
+            raise TypeError(f"the network of the factor of {f.variable!r} in {self.name} must return a torch/pyro "
+                            f"distribution, got {type(d).__name__}")
+        return d
 
     # --- the structure, derived -----------------------------------------------------------
     def _closure(self, reads: frozenset[str]) -> list[Factor]:
@@ -269,10 +273,7 @@ class FactoredDensity(Density):
             if f.kind == "distribution":
                 d, shape = f.distribution, (n,)
             else:
-                d = ev.call(f.network, *(values[p] for p in f.parents))
-                if not isinstance(d, Distribution):
-                    raise TypeError(f"the network of the factor of {f.variable!r} in {self.name} must return a "
-                                    f"torch/pyro distribution, got {type(d).__name__}")
+                d = self._distribution(ev, f, values)
                 shape = (n,) if tuple(d.batch_shape) == () else ()
             if not f.reparameterized:
                 with torch.no_grad():

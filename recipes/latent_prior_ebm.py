@@ -47,7 +47,8 @@ import dataclasses
 import torch
 
 from kldiv import KL, DataDensity, EnergyPrior, GeneratorDensity
-from kldiv.samplers import Langevin, NoiseStart, langevin_chain
+from kldiv.evaluate import latent_samples
+from kldiv.samplers import Langevin, NoiseStart
 from kldiv.train import Run, RunConfig, build_networks, option, parse_config
 
 
@@ -117,14 +118,6 @@ def optimizers(cfg: Config, nets: dict) -> tuple[dict, dict]:
     return opts, {k: torch.optim.lr_scheduler.ExponentialLR(o, cfg.decay) for k, o in opts.items()}
 
 
-def prior_samples(cfg: Config, F, z0: torch.Tensor, seed: int) -> torch.Tensor:
-    """z drawn from the prior by its sampler's chain, started at ``z0`` with seeded noise."""
-    prior = EnergyPrior(F, cfg.latent_dim)
-    _, log_density = prior.target()
-    g = torch.Generator(device=z0.device).manual_seed(seed)
-    return langevin_chain({"z": z0}, log_density, cfg.prior_steps, cfg.prior_step_size, generator=g)["z"]
-
-
 def main(argv=None) -> Run:
     cfg = parse_config(Config, argv, PRESETS)
     run = Run(cfg, name="latent_prior_ebm")
@@ -138,13 +131,14 @@ def main(argv=None) -> Run:
     if run.is_main and run.step == 0:
         print(step.explain())
 
-    fixed_z = torch.randn(100, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(run.device)
     for x in run.batches(train):
         r = step.round(x, values=run.logging)  # prior chains and encoder samples, drawn once
         run.update_all(r)  # the three players from one evaluation
         run.end_step()
         if run.should_sample():
-            run.snapshot(G, prior_samples(cfg, F, fixed_z, cfg.seed), I, x)
+            # z from the prior's chain, seeded: the samples kldiv.evaluate scores
+            z = latent_samples({"prior": F}, dataclasses.asdict(cfg), 100, run.device, seed=cfg.seed)
+            run.snapshot(G, z, I, x)
     run.close()
     return run
 

@@ -229,16 +229,11 @@ def generator_joint_scores(
     """
     if tuple(density.variables) != ("x", "z"):
         raise ValueError(f"generator_joint_scores needs a density over (x, z), got {density!r}")
-    dev = _device_of(encoder, device)
-    nets = [m for m in density.networks().values()] + [encoder]
-    out = []
-    with torch.no_grad(), _evaluation_mode(*nets):
-        for x in _batches(images, batch_size):
-            x = x.to(dev)
-            q = encoder(x)
-            if not isinstance(q, Distribution):
-                raise TypeError(f"the encoder must return a torch/pyro distribution over z, got {type(q).__name__}")
-            out.append((-density.log_prob({"x": x, "z": q.mean})).float().cpu())
-    if not out:
-        raise ValueError("no images to score")
-    return torch.cat(out)
+
+    def at_encoder_mean(x: Tensor) -> Tensor:
+        q = encoder(x)
+        if not isinstance(q, Distribution):
+            raise TypeError(f"the encoder must return a torch/pyro distribution over z, got {type(q).__name__}")
+        return density.log_prob({"x": x, "z": q.mean})
+
+    return _negated_scores(at_encoder_mean, images, batch_size, device, encoder, *density.networks().values())
