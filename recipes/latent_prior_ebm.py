@@ -31,12 +31,15 @@ An image is scored, as the paper scores anomalies, by its unnormalised log
 joint density at its inferred latent vector: -log p(x, mu_q(x)) up to log Z
 (`kldiv.metrics.generator_joint_scores`).
 
-Defaults follow the paper's code (its SVHN script): a DCGAN generator of width
-64, z in R^100, sigma = 0.3, an energy MLP z -> 200 -> 200 -> 1 with
-LeakyReLU(0.2), Adam(0.5, 0.999) at 1e-4 for the generator and 2e-5 for the
-prior, a 0.998 decay per epoch, batch 100, prior Langevin 60 x 0.4 with
-noise.  The encoder, which the code does not have, is the latent-EBM recipe's
-(`kldiv.nn.GaussianEncoder`) at the generator's rate.  On the embedded digits a
+Defaults follow the paper's code (its SVHN script, with the LeakyReLU(0.2) of
+its job grid): z in R^100, sigma = 0.3, an energy MLP z -> 200 -> 200 -> 1,
+Adam(0.5, 0.999) at 1e-4 for the generator and 2e-5 for the prior, a 0.998
+decay per epoch, batch 100, prior Langevin 60 x 0.4 with noise.  Where it
+differs: the generator is kldiv's DCGAN network of width 64
+(`kldiv.nn.Generator`, with batch norm and ReLU; the code's has neither
+batch norm nor ReLU but LeakyReLU), shared with the other recipes, and the
+encoder, which the code does not have (it infers z by posterior Langevin), is
+the latent-EBM recipe's (`kldiv.nn.GaussianEncoder`) at the generator's rate.  On the embedded digits a
 CPU preset (`PRESETS` below) makes the networks small so the run takes minutes.
 """
 
