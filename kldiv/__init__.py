@@ -14,7 +14,7 @@ from kldiv.densities import (
     Samples,
     Term,
 )
-from kldiv.factors import Factor, FactoredDensity
+from kldiv.densities import Factor, FactoredDensity
 from kldiv.samplers import NUTS, Importance, Langevin, Sampler
 
 __version__ = "0.1.0"

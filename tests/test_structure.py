@@ -222,5 +222,5 @@ def test_a_factored_density_derives_what_the_hand_written_ones_declare():
     assert fq.drawn_from("z") is fq.terms()[1] and fq.uncomputed() == ("log q_data(x)",)
     with pytest.raises(ValueError, match="which no earlier factor draws"):
         FactoredDensity([Factor("z", enc, parents=("x",)), Factor("x", input="data")])
-    with pytest.raises(ValueError, match="exactly one of network, distribution or input"):
+    with pytest.raises(ValueError, match="exactly one of network, distribution, input or density"):
         Factor("z")

@@ -6,9 +6,14 @@ given the variables before it:
 $$ p(v_1, \dots, v_K) = \prod_{k=1}^K p(v_k \mid \mathrm{pa}_k), \qquad \mathrm{pa}_k \subseteq \{v_1, \dots, v_{k-1}\}. $$
 
 A [`Factor`][kldiv.Factor] says where its variable comes from — a step
-input (the data, whose density is unknown), a fixed distribution, or a
-network that maps its parents to a ``torch`` / ``pyro`` distribution — and
-whether its samples are reparameterised.  A
+input (the data, whose density is unknown), a fixed distribution, a
+network that maps its parents to a ``torch`` / ``pyro`` distribution, or
+another density's sampler (an energy-based prior) — and whether its samples
+are reparameterised.  The papers' own densities are declared this way:
+[`GeneratorDensity`][kldiv.GeneratorDensity] is the factors $z$ (a fixed
+prior or an [`EnergyPrior`][kldiv.EnergyPrior]) and $x \mid z$ (the
+decoder); [`DataDensity`][kldiv.DataDensity] is $x$ (the data) and
+$z \mid x$ (the encoder).  A
 [`FactoredDensity`][kldiv.FactoredDensity] is built from the factors alone:
 its log-density terms are the factors' log probabilities, and everything the
 compiler asks of a density is derived from the graph instead of declared by
@@ -21,12 +26,17 @@ hand —
   ``rsample`` carries its own network's and its parents' gradients, one drawn
   by ``sample`` carries none;
 * `marginal_key(reads)`: densities whose ``reads`` and ancestors come from the
-  same parameter-free factors (the same data input, the same fixed prior)
-  share the marginal, so their expectations merge;
+  same parameter-free factors (the same data input, the same fixed prior),
+  or from the same density's sampler, share the marginal, so their
+  expectations merge;
+* `networks`, `own_networks`, `sources`, `sampleable`;
 * `order`, `drawn_from`, `sample` (ancestral), `describe_sampling`, `log_prob`.
 
 So a user's density cannot declare a dependence wrongly (the failure
-`tests/test_structure.py` guards against), and takes a few lines.
+`tests/test_structure.py` guards against), and takes a few lines.  A
+subclass may give a factor its own terms (`_factor_terms`: a faster or
+shared form of the same log density) and its own draw (`_draw`); the
+structure stays derived.
 
 Examples:
     >>> import torch
@@ -61,7 +71,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from kldiv.densities import Density, Evaluator, Samples, Term, _per_sample
+from kldiv.densities.base import Density, Evaluator, Samples, Term, _per_sample
 
 __all__ = ["Factor", "FactoredDensity"]
 
@@ -72,8 +82,8 @@ _NONE: frozenset[nn.Module] = frozenset()
 class Factor:
     r"""One factor $p(v \mid \mathrm{pa})$ of a [`FactoredDensity`][kldiv.FactoredDensity].
 
-    Exactly one of ``network``, ``distribution`` and ``input`` says where the
-    variable comes from.
+    Exactly one of ``network``, ``distribution``, ``input`` and ``density``
+    says where the variable comes from.
 
     Attributes:
         variable: the variable the factor draws, e.g. ``"z"``.
@@ -85,8 +95,14 @@ class Factor:
         distribution: a fixed (parameter-free) distribution over one sample
             of the variable, batch shape ``()``.
         input: the name of a step input the variable is taken from (the data
-            batch ``"data"``); its density is unknown, so the compiler accepts
-            its term only where no player's gradient needs it.
+            batch ``"data"``), or a density whose samples are taken *as data*
+            (detached: the samples of an EBM's sampler, Xie et al. 2021); its
+            density is unknown, so the compiler accepts its term only where no
+            player's gradient needs it.
+        density: a density over this one variable that draws it with its own
+            sampler (an [`EnergyPrior`][kldiv.EnergyPrior]); its terms are the
+            factor's, its networks are this density's too, and its samples
+            carry no pathwise gradient.
         reparameterized: draw by ``rsample`` (samples carry gradients) or, if
             ``False``, by ``sample`` (no pathwise gradient: the compiler takes
             the score-function route through this factor).
@@ -97,17 +113,30 @@ class Factor:
     network: nn.Module | None = None
     parents: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     distribution: Distribution | None = None
-    input: str | None = None
+    input: str | Density | None = None
     reparameterized: bool = True
     name: str | None = None
+    density: Density | None = None
 
     def __attrs_post_init__(self):
-        given = [k for k in ("network", "distribution", "input") if getattr(self, k) is not None]
+        if not isinstance(self.variable, str) or not self.variable:
+            raise TypeError(f"a factor's variable is a non-empty name, got {self.variable!r}")
+        given = [k for k in _KINDS if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                f"the factor of {self.variable!r} needs exactly one of network, distribution or input, "
+                f"the factor of {self.variable!r} needs exactly one of network, distribution, input or density, "
                 f"got {given or 'none'}"
             )
+        if self.input is not None and not isinstance(self.input, (str, Density)):
+            raise TypeError(f"the input of the factor of {self.variable!r} is a step input's name or a density, "
+                            f"got {type(self.input).__name__}")
+        if self.density is not None:
+            if not isinstance(self.density, Density):
+                raise TypeError(f"the density of the factor of {self.variable!r} must be a Density, "
+                                f"got {type(self.density).__name__}")
+            if tuple(self.density.variables) != (self.variable,):
+                raise ValueError(f"the density {self.density.name} of the factor of {self.variable!r} must be over "
+                                 f"{self.variable!r} alone, not {self.density.variables}")
         if self.network is not None and not isinstance(self.network, nn.Module):
             raise TypeError(f"the network of the factor of {self.variable!r} must be an nn.Module, "
                             f"got {type(self.network).__name__}")
@@ -123,8 +152,11 @@ class Factor:
 
     @property
     def kind(self) -> str:
-        """``"network"``, ``"distribution"`` or ``"input"``."""
-        return "network" if self.network is not None else "distribution" if self.distribution is not None else "input"
+        """``"network"``, ``"distribution"``, ``"input"`` or ``"density"``."""
+        return next(k for k in _KINDS if getattr(self, k) is not None)
+
+
+_KINDS = ("network", "distribution", "input", "density")
 
 
 class FactoredDensity(Density):
@@ -156,39 +188,45 @@ class FactoredDensity(Density):
         self._by_variable = {f.variable: f for f in factors}
         self.variables = tuple(seen)
         self.order = self.variables
-        self._terms = tuple(self._term(f) for f in factors)
-        self._term_of = {f.variable: t for f, t in zip(factors, self._terms)}
+        self._terms_of = {f.variable: tuple(self._factor_terms(f)) for f in factors}
+        self._terms = tuple(t for f in factors for t in self._terms_of[f.variable])
 
     # --- the terms ------------------------------------------------------------------------
-    def _term(self, f: Factor) -> Term:
+    def _factor_terms(self, f: Factor) -> tuple[Term, ...]:
+        r"""The log-density terms of one factor: $\log p(v \mid \mathrm{pa})$ (for a density
+        factor, that density's terms).  A subclass may give a faster or shared form of
+        the same function; the structure does not depend on it."""
         v, parents = f.variable, f.parents
         given = f"|{', '.join(parents)}" if parents else ""
         if f.kind == "input":
-            return Term(
+            origin = f.input if isinstance(f.input, str) else f.input.name
+            return (Term(
                 key=("data", f.input),
-                label=f"log q_{f.input}({v})",
-                latex=rf"\log q_{{\rm {f.input}}}({v})",
+                label=f"log q_{origin}({v})",
+                latex=rf"\log q_{{\rm {origin}}}({v})",
                 reads=frozenset({v}),
                 computable=False,
-                reason=f"the density of the input {f.input!r} is unknown",
+                reason=f"the density of the data ({v} from {origin!r}) is unknown",
                 factor=v,
-            )
+            ),)
+        if f.kind == "density":
+            return f.density.terms()
         if f.kind == "distribution":
             d = f.distribution
-            return Term(  # the key of a GeneratorDensity's fixed prior: the same function, and a closed-form KL
+            return (Term(  # the key of a GeneratorDensity's fixed prior: the same function, and a closed-form KL
                 key=("prior", d),
                 label=f"log {self.name}({v})",
                 latex=rf"\log {self.latex}({v})",
                 reads=frozenset({v}),
                 evaluate=lambda ev, s: d.log_prob(s[v]),
                 factor=v,
-            )
+            ),)
         net = f.network
 
         def evaluate(ev: Evaluator, s: Samples) -> Tensor:
             return _per_sample(self._distribution(ev, f, s.values).log_prob(s[v]))
 
-        return Term(
+        return (Term(
             key=("factor", net, v, parents),
             label=f"log {self.name}({v}{given})",
             latex=rf"\log {self.latex}({v}{given})",
@@ -196,7 +234,7 @@ class FactoredDensity(Density):
             modules=(net,),
             evaluate=evaluate,
             factor=v,
-        )
+        ),)
 
     def terms(self) -> tuple[Term, ...]:
         return self._terms
@@ -221,30 +259,49 @@ class FactoredDensity(Density):
         return [f for f in self.factors if f.variable in keep]
 
     def _carries(self, v: str) -> frozenset[nn.Module]:
+        """The networks whose gradient a sample of ``v`` carries: its own and its parents',
+        through reparameterised network factors only."""
         f = self._by_variable[v]
-        if f.kind == "input" or not f.reparameterized:
+        if f.kind != "network" or not f.reparameterized:
             return _NONE
-        own = {f.network} if f.network is not None else set()
-        return frozenset(own.union(*(self._carries(p) for p in f.parents)))
+        return frozenset({f.network}.union(*(self._carries(p) for p in f.parents)))
+
+    def _factor_networks(self, f: Factor) -> frozenset[nn.Module]:
+        """The networks the factor's distribution depends on."""
+        if f.kind == "network":
+            return frozenset({f.network})
+        if f.kind == "density":
+            return f.density.dependence(frozenset({f.variable}))
+        return _NONE  # a fixed distribution, or data: nothing to train
 
     def networks(self) -> dict[str, nn.Module]:
-        return {f.name or f.variable: f.network for f in self.factors if f.network is not None}
+        """The factors' networks by role (the factor's ``name``, else its variable), then those
+        of the densities drawn from (an energy-based prior's ``"prior"``)."""
+        out = {f.name or f.variable: f.network for f in self.factors if f.kind == "network"}
+        for f in self.factors:
+            if f.kind == "density":
+                out.update(f.density.networks())
+        return out
 
     def own_networks(self) -> tuple[nn.Module, ...]:
-        return tuple(dict.fromkeys(f.network for f in self.factors if f.network is not None))
+        nets = [f.network for f in self.factors if f.kind == "network"]
+        nets += [m for f in self.factors if f.kind == "density" for m in f.density.own_networks()]
+        return tuple(dict.fromkeys(nets))
 
     def dependence(self, reads: frozenset[str]) -> frozenset[nn.Module]:
-        return frozenset(f.network for f in self._closure(reads) if f.network is not None)
+        return frozenset().union(*(self._factor_networks(f) for f in self._closure(reads)))
 
     def pathwise(self, reads: frozenset[str]) -> frozenset[nn.Module]:
         return frozenset().union(*(self._carries(v) for v in reads if v in self._by_variable))
 
     def marginal_key(self, reads: frozenset[str]) -> Hashable:
         closure = self._closure(reads)
-        if closure and all(f.kind != "network" for f in closure):  # parameter-free: shared with any density
-            keys = tuple((f.variable, self._term_of[f.variable].key) for f in closure)
-            if len(keys) == 1 and keys[0][1][0] == "data":
-                return keys[0][1]  # the marginal a DataDensity of the same input has
+        if len(closure) == 1 and closure[0].kind == "density":  # the prior's sampler draws it: its marginal
+            return closure[0].density.marginal_key(frozenset({closure[0].variable}))
+        if closure and all(f.kind in ("input", "distribution") for f in closure):  # parameter-free: shared
+            keys = tuple((f.variable, t.key) for f in closure for t in self._terms_of[f.variable])
+            if len(keys) == 1:
+                return keys[0][1]  # the marginal any density with this data input or fixed prior has
             return ("factors", keys)
         return super().marginal_key(reads)
 
@@ -252,49 +309,69 @@ class FactoredDensity(Density):
         f = self._by_variable.get(variable)
         # the closed-form KL against a prior evaluates the encoder on x: only for a factor z | x
         if f is not None and f.kind == "network" and f.parents == ("x",) and variable == "z":
-            return self._term_of[variable]
+            (term,) = self._terms_of[variable]
+            return term
         return None
 
     @property
     def sampleable(self) -> bool:
-        return True
+        return all(f.density.sampleable for f in self.factors if f.kind == "density")
+
+    def sources(self) -> tuple[Density, ...]:
+        return tuple(dict.fromkeys(
+            d for f in self.factors for d in (f.density, f.input) if isinstance(d, Density)
+        ))
 
     # --- sampling ---------------------------------------------------------------------------
     def sample(self, ev: Evaluator, n: int) -> Samples:
         values: dict[str, Tensor] = {}
         inputs = [f for f in self.factors if f.kind == "input"]
         for f in inputs:  # the rows of the inputs fix the number of samples
-            values[f.variable] = ev.input(f.input)
+            values[f.variable] = self._draw(ev, f, values, n)
         if inputs:
             n = values[inputs[0].variable].shape[0]
         for f in self.factors:
-            if f.kind == "input":
-                continue
-            if f.kind == "distribution":
-                d, shape = f.distribution, (n,)
-            else:
-                d = self._distribution(ev, f, values)
-                shape = (n,) if tuple(d.batch_shape) == () else ()
-            if not f.reparameterized:
-                with torch.no_grad():
-                    values[f.variable] = d.sample(shape)
-            elif d.has_rsample:
-                values[f.variable] = d.rsample(shape)
-            else:
-                raise TypeError(
-                    f"the factor of {f.variable!r} in {self.name} gives a {type(d).__name__}, which cannot be "
-                    "reparameterised; declare it Factor(..., reparameterized=False) and the compiler "
-                    "estimates gradients through it by the score function"
-                )
-            if f.kind == "distribution":  # a fixed distribution lives where it was built
-                values[f.variable] = values[f.variable].to(device=ev.device)
+            if f.kind != "input":
+                values[f.variable] = self._draw(ev, f, values, n)
         return Samples({v: values[v] for v in self.variables})
+
+    def _draw(self, ev: Evaluator, f: Factor, values: Mapping[str, Tensor], n: int) -> Tensor:
+        """Draw the factor's variable given the variables in ``values`` (``n`` rows)."""
+        if f.kind == "input":
+            if isinstance(f.input, str):
+                return ev.input(f.input)
+            return ev.samples(f.input)[f.variable].detach()  # samples taken as data
+        if f.kind == "density":  # this round's samples of the density, drawn once by its sampler
+            return ev.samples(f.density)[f.variable].detach()
+        if f.kind == "distribution":
+            d, shape = f.distribution, (n,)
+        else:
+            d = self._distribution(ev, f, values)
+            shape = (n,) if tuple(d.batch_shape) == () else ()
+        if not f.reparameterized:
+            with torch.no_grad():
+                out = d.sample(shape)
+        elif d.has_rsample:
+            out = d.rsample(shape)
+        else:
+            raise TypeError(
+                f"the factor of {f.variable!r} in {self.name} gives a {type(d).__name__}, which cannot be "
+                "reparameterised; declare it Factor(..., reparameterized=False) and the compiler "
+                "estimates gradients through it by the score function"
+            )
+        if f.kind == "distribution":  # a fixed distribution lives where it was built
+            out = out.to(device=ev.device)
+        return out
 
     def describe_sampling(self) -> str:
         parts = []
         for f in self.factors:
             if f.kind == "input":
-                parts.append(f"{f.variable} from input {f.input!r}")
+                parts.append(f"{f.variable} from input {f.input!r}" if isinstance(f.input, str)
+                             else f"{f.variable} from samples of {f.input.name} (detached)")
+                continue
+            if f.kind == "density":
+                parts.append(f"{f.variable} ~ {f.density.name}({f.variable}) ({f.density.describe_sampling()})")
                 continue
             given = f"|{', '.join(f.parents)}" if f.parents else ""
             how = "reparameterised" if f.reparameterized else "not reparameterised: score-function gradients"
