@@ -1,20 +1,21 @@
 """kldiv: train generative models by writing their objective as an expression of KL divergences."""
 
-from kldiv.algebra import KL, Contribution, Divergence, Expression, S
-from kldiv.compiler import Estimator, Game, Player, Round, StepOutput, sample
+from kldiv.algebra import KL, Contribution, Divergence, Expression, Game, Player, S
+from kldiv.compiler import Estimator, Round, StepOutput, sample
 from kldiv.densities import (
     DataDensity,
     DecoupledEBLVM,
     Density,
     EnergyBased,
     EnergyPrior,
+    Factor,
+    FactoredDensity,
     GeneratorDensity,
     LatentEBM,
     MarginalEBM,
     Samples,
     Term,
 )
-from kldiv.densities import Factor, FactoredDensity
 from kldiv.samplers import NUTS, Importance, Langevin, Sampler
 
 __version__ = "0.1.0"

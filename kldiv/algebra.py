@@ -22,6 +22,13 @@ so ``KL(q, p, weights={"z": beta})`` is the $\beta$-VAE objective
 $E_q[-\log p(x \mid z)] + \beta\, E_q\,\mathrm{KL}(q(z \mid x) \,\|\, p(z))$
 (up to $E[\log q_{\rm data}]$).
 
+A [`Game`][kldiv.Game] says who plays an expression: each
+[`Player`][kldiv.Player] minimises or maximises one objective over some
+networks (``L.maximize(pi).minimize(q, p)``).  `Game.compile` hands it to
+the planner (`kldiv.planner`, per player how each summand is estimated) and
+the runtime (`kldiv.estimator`), which read the players without importing
+this module (see `kldiv.compiler`).
+
 Examples:
     >>> import torch
     >>> from kldiv import KL, DataDensity, GeneratorDensity, LatentEBM
@@ -38,18 +45,17 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import attrs
 from torch import nn
 
 from kldiv.densities import Density, Term
+from kldiv.densities.base import _densities_of, _Namer
 from kldiv.errors import CompileError, VariableMismatchError
+from kldiv.estimator import Estimator
 
-if TYPE_CHECKING:
-    from kldiv.compiler import Game
-
-__all__ = ["KL", "S", "Contribution", "Divergence", "Expression"]
+__all__ = ["KL", "S", "Contribution", "Divergence", "Expression", "Game", "Player"]
 
 
 @attrs.frozen(eq=False)
@@ -272,14 +278,10 @@ class Expression:
         ``over`` names densities (their own networks, see
         [`Density.own_networks`][kldiv.Density.own_networks]) or networks.
         """
-        from kldiv.compiler import Game
-
         return Game(objective=self).minimize(*over, name=name)
 
     def maximize(self, *over: Density | nn.Module, name: str | None = None) -> Game:
         """A game whose first player maximises this expression over ``over``."""
-        from kldiv.compiler import Game
-
         return Game(objective=self).maximize(*over, name=name)
 
 
@@ -344,3 +346,146 @@ def _weights(weights: Mapping[str, float] | None) -> tuple[tuple[str, float], ..
         if float(w) != 1.0:
             out.append((str(v), float(w)))
     return tuple(out)
+
+
+# --- games: who trains which networks, on which objective, in which direction ---------------
+
+@attrs.frozen(eq=False)
+class Player:
+    """A set of networks that minimises or maximises one objective.
+
+    Attributes:
+        name: the player's name (keys of the losses a step returns).
+        objective: the expression the player plays.
+        direction: ``"min"`` or ``"max"``.
+        networks: the networks whose parameters the player trains.
+        named: the densities and networks the player was named by.
+    """
+
+    name: str
+    objective: Expression
+    direction: Literal["min", "max"]
+    networks: tuple[nn.Module, ...]
+    named: tuple[Density | nn.Module, ...] = ()
+
+    @property
+    def sign(self) -> float:
+        """``+1`` for a minimiser, ``-1`` for a maximiser: loss = sign × objective."""
+        return 1.0 if self.direction == "min" else -1.0
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters of the player's networks, each once."""
+        seen: dict[int, nn.Parameter] = {}
+        for net in self.networks:
+            for p in net.parameters():
+                if p.requires_grad:
+                    seen.setdefault(id(p), p)
+        return list(seen.values())
+
+
+def _networks_of(item: Density | nn.Module) -> tuple[nn.Module, ...]:
+    if isinstance(item, Density):
+        return item.own_networks()
+    if isinstance(item, nn.Module):
+        return (item,)
+    raise TypeError(
+        f"a player is named by densities or networks (nn.Module), got {type(item).__name__}"
+    )
+
+
+class Game:
+    """A mapping player → (objective, direction, networks).
+
+    The divergence triangle is one objective played by everyone:
+
+    ```python
+    game = triangle.minimize(p, q).maximize(pi)
+    ```
+
+    and a player with its own objective names it:
+
+    ```python
+    game = (L.minimize(p, name="generator")
+             .minimize(q, objective=KL(q, p) + KL(q, pi), name="encoder")
+             .maximize(pi, name="ebm"))
+    ```
+
+    Arguments:
+        players: the players so far.
+        objective: the default objective of players added without one.
+    """
+
+    def __init__(self, players: Iterable[Player] = (), *, objective: Expression | None = None):
+        self.players: tuple[Player, ...] = tuple(players)
+        self.objective = objective
+        names = [p.name for p in self.players]
+        if len(set(names)) != len(names):
+            raise ValueError(f"player names must be unique, got {names}")
+
+    def _add(self, direction, over, objective, name) -> Game:
+        objective = self.objective if objective is None else objective
+        if not isinstance(objective, Expression):
+            raise TypeError("a player needs an objective: an Expression built from KL and S")
+        if not over:
+            raise ValueError("name the densities or networks the player trains")
+        networks: dict[int, nn.Module] = {}
+        for item in over:
+            for net in _networks_of(item):
+                networks.setdefault(id(net), net)
+        if name is None:
+            namer = _Namer(objective.densities())
+            name = "+".join(item.name if isinstance(item, Density) else namer([item]) for item in over)
+        player = Player(name, objective, direction, tuple(networks.values()), tuple(over))
+        return Game(self.players + (player,), objective=objective if self.objective is None else self.objective)
+
+    def minimize(
+        self, *over: Density | nn.Module, objective: Expression | None = None, name: str | None = None
+    ) -> Game:
+        """Add a player minimising ``objective`` (default: the game's) over ``over``."""
+        return self._add("min", over, objective, name)
+
+    def maximize(
+        self, *over: Density | nn.Module, objective: Expression | None = None, name: str | None = None
+    ) -> Game:
+        """Add a player maximising ``objective`` (default: the game's) over ``over``."""
+        return self._add("max", over, objective, name)
+
+    def __getitem__(self, name: str) -> Player:
+        for p in self.players:
+            if p.name == name:
+                return p
+        raise KeyError(f"no player {name!r}; the players are {[p.name for p in self.players]}")
+
+    def densities(self) -> tuple[Density, ...]:
+        """Every density of every objective, and the densities they draw samples from."""
+        # the densities players are named by come first: networks are named after them
+        stack = [d for p in self.players for d in p.named if isinstance(d, Density)]
+        stack += [d for p in self.players for d in p.objective.densities()]
+        return self.densities_of(*stack)
+
+    @staticmethod
+    def densities_of(*densities: Density) -> tuple[Density, ...]:
+        """``densities`` and, transitively, the densities they draw samples from."""
+        return _densities_of(*densities)
+
+    def compile(self, *, values: bool = True, closed_form: bool = True, baseline: bool = True) -> Estimator:
+        r"""Compile to an [`Estimator`][kldiv.Estimator]; raises a
+        [`CompileError`][kldiv.errors.CompileError] for what cannot be estimated.
+
+        Arguments:
+            values: by default, evaluate the terms that carry no gradient for
+                a player, so that its value is the full estimate (up to the
+                listed constants). ``False`` skips them: cheaper, and the value
+                is then up to those terms too. A round can override it
+                (`Estimator.round`'s ``values``).
+            closed_form: replace $E_s[\log q(z \mid x) - \log \mathcal N(z; 0, I)]$
+                by the closed-form KL where ``s`` draws $z$ from that $q$
+                (as the VAE code of most papers does); ``False`` keeps the
+                one-sample Monte Carlo difference.
+            baseline: subtract the leave-one-out baseline in score-function
+                estimates (unbiased either way); ``False`` uses the plain
+                $E_s[t\,\nabla \log s]$, whose variance is larger — kept for
+                comparison (`benchmarks/score_variance.py`).  The centred form
+                an EBM source needs (its $\log Z$) always keeps it.
+        """
+        return Estimator(self, values=values, closed_form=closed_form, baseline=baseline)

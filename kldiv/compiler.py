@@ -31,21 +31,24 @@ $\mathrm{KL}(q_{\rm data} q_\phi \,\|\, p_\psi q_\phi)$ the surviving terms read
 only $x$, and the encoder, which enters only through $z$, gets no gradient.
 """
 
-# The code lives in three layers, each importing only the ones above it in this list:
-#   kldiv.game       Game, Player, _Namer                     (step 1; naming networks)
-#   kldiv.planner    Merged, Plan, _merge, _closed_form, _plan (steps 2-4; no tensors)
+# The code lives in layers, each importing only the ones below it in this list (no
+# import circle, not even through a function-local import):
+#   kldiv.algebra    Expression, KL, S; Game, Player           (step 1; Game.compile)
 #   kldiv.estimator  Estimator, Round, StepOutput, sample      (step 5; the runtime)
-# (Game.compile imports kldiv.estimator when it is called.) This module re-exports the
-# public names and the private helpers that used to be defined here, so that
-# `kldiv.compiler.X` keeps working. Patching a name here does not change what those
-# modules call: patch it in the module that defines it.
+#   kldiv.planner    Merged, Plan, _merge, _closed_form, _plan (steps 2-4; no tensors)
+#   kldiv.densities  densities, terms, _Namer (naming networks after densities)
+# The planner and the runtime read the algebra's players and games without importing it.
+# This module re-exports the public names and the private helpers that used to be
+# defined here, so that `kldiv.compiler.X` keeps working. Patching a name here does not
+# change what those modules call: patch it in the module that defines it.
 
 from __future__ import annotations
 
 from kldiv.estimator import Estimator, Round, StepOutput, sample
 from kldiv.estimator import _Entry, _NoGame, _versions  # noqa: F401
-from kldiv.game import Game, Player
-from kldiv.game import _Namer, _networks_of  # noqa: F401
+from kldiv.algebra import Game, Player
+from kldiv.algebra import _networks_of  # noqa: F401
+from kldiv.densities.base import _Namer  # noqa: F401
 from kldiv.planner import Merged, Plan
 from kldiv.planner import (  # noqa: F401
     _EPS,

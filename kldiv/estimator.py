@@ -16,10 +16,15 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from typing import TYPE_CHECKING
+
 from kldiv.densities import Density, EnergyBased, Samples, Term
+from kldiv.densities.base import _densities_of, _Namer
 from kldiv.errors import CompileError, InputError, NonFiniteError, ShapeError
-from kldiv.game import Game, _Namer
 from kldiv.planner import Merged, Plan, _plan, _signed
+
+if TYPE_CHECKING:  # a game compiles itself (Game.compile); the runtime only reads it
+    from kldiv.algebra import Game
 
 __all__ = ["Estimator", "Round", "StepOutput", "sample"]
 
@@ -185,7 +190,7 @@ class Estimator(nn.Module):
         lines = []
         if drawn:  # with what they draw from: a Langevin start, the x of a DataDensity
             lines.append("samples per step:")
-            lines += [f"  {s.name}: {s.describe_sampling()}" for s in Game.densities_of(*drawn)]
+            lines += [f"  {s.name}: {s.describe_sampling()}" for s in _densities_of(*drawn)]
         every = [
             m
             for plan in self.plans.values()
@@ -559,11 +564,11 @@ class _NoGame:
     """What a [`Round`][kldiv.Round] reads of an estimator, for drawing samples outside a game."""
 
     def __init__(self, density: Density):
-        self._networks = {id(m): m for d in Game.densities_of(density) for m in d.networks().values()}
+        self._networks = {id(m): m for d in _densities_of(density) for m in d.networks().values()}
         self._wrappers: dict[int, nn.Module] = {}
         self._owners: dict[int, frozenset[str]] = {}
         self._checked: set[Hashable] = set()
-        self._namer = _Namer(Game.densities_of(density))
+        self._namer = _Namer(_densities_of(density))
         self.plans: dict[str, Plan] = {}
 
 

@@ -5,21 +5,24 @@ densities and terms, with no tensors: `_merge` merges equal (source, term)
 pairs, so that opposite contributions cancel; `_closed_form` fuses a Gaussian
 prior's pair of terms into its closed-form KL; and `_plan` sorts what survives
 into one `Plan` per player, or raises the error that names what cannot be
-estimated. The runtime (`kldiv.estimator`) reads the plans; this module does
-not import it.
+estimated. The runtime (`kldiv.estimator`) reads the plans; this module imports
+neither it nor the algebra (`kldiv.algebra`), whose players and contributions it reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 import attrs
 from torch import nn
 
-from kldiv.algebra import Contribution
 from kldiv.densities import Density, Term, prior_kl_term
+from kldiv.densities.base import _Namer
 from kldiv.errors import IntractableError, UnusedParametersError
-from kldiv.game import Player, _Namer
+
+if TYPE_CHECKING:  # the planner reads the algebra's objects; it never builds them
+    from kldiv.algebra import Contribution, Player
 
 __all__ = ["Merged", "Plan"]
 

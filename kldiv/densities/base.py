@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Protocol
 
 import attrs
@@ -377,3 +377,29 @@ def _rsample(dist: object, owner: Density) -> Tensor:
     return dist.rsample()
 
 
+
+
+def _densities_of(*densities: Density) -> tuple[Density, ...]:
+    """``densities`` and, transitively, the densities they draw samples from (`Density.sources`)."""
+    seen: dict[int, Density] = {}
+    stack = list(densities)
+    while stack:
+        d = stack.pop(0)
+        if id(d) in seen:
+            continue
+        seen[id(d)] = d
+        stack.extend(d.sources())
+    return tuple(seen.values())
+
+
+class _Namer:
+    """Names networks after the densities that hold them (``"p.decoder"``)."""
+
+    def __init__(self, densities: Iterable[Density]):
+        self.names: dict[int, str] = {}
+        for d in densities:
+            for role, m in d.networks().items():
+                self.names.setdefault(id(m), f"{d.name}.{role}")
+
+    def __call__(self, modules: Iterable[nn.Module]) -> str:
+        return ", ".join(sorted({self.names.get(id(m), type(m).__name__) for m in modules}))
