@@ -49,7 +49,7 @@ from kldiv.estimator import _Entry, _NoGame, _versions  # noqa: F401
 from kldiv.algebra import Game, Player
 from kldiv.algebra import _networks_of  # noqa: F401
 from kldiv.densities.base import _Namer  # noqa: F401
-from kldiv.planner import Merged, Plan
+from kldiv.planner import Merged, Plan, ScoreRoute
 from kldiv.planner import (  # noqa: F401
     _EPS,
     _closed_form,
@@ -61,4 +61,4 @@ from kldiv.planner import (  # noqa: F401
     _signed,
 )
 
-__all__ = ["Estimator", "Game", "Merged", "Plan", "Player", "Round", "StepOutput", "sample"]
+__all__ = ["Estimator", "Game", "Merged", "Plan", "Player", "Round", "ScoreRoute", "StepOutput", "sample"]

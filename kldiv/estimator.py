@@ -2,9 +2,9 @@ r"""The runtime: a compiled game's `Estimator` and the `Round`s it evaluates in.
 
 Step 5 of the compilation (see `kldiv.compiler`): the `Estimator` holds the
 game's networks and the planner's per-player plans (`kldiv.planner`); a
-`Round` draws each sample set once, memoises network and term evaluations while
-their parameters are unchanged, and checks each one's shape and finiteness the
-first time it runs; `sample` draws from a density outside any game.
+`Round` draws each sample set once and memoises network and term evaluations while
+their parameters are unchanged; `_FirstRun` checks each one's shape and finiteness
+the first time it runs; `sample` draws from a density outside any game.
 """
 
 from __future__ import annotations
@@ -91,8 +91,15 @@ class Estimator(nn.Module):
             while key in self.networks:
                 key += "_"
             self.networks[key] = m
-        # terms and sources whose first output passed the shape and finiteness checks
-        self._checked: set[Hashable] = set()
+        self._first = _FirstRun(self)  # the first-step checks, once per network, term and source
+
+    def _runner(self, module: nn.Module, done: set[str]) -> nn.Module:
+        """What a round runs for ``module``: its wrapper (`distribute`) while a player that
+        trains it has yet to back-propagate in the round (``done``), else the module."""
+        wrapper = self._wrappers.get(id(module))
+        if wrapper is not None and not self._owners.get(id(module), frozenset()) <= done:
+            return wrapper
+        return module
 
     def distribute(self, wrappers: Mapping[nn.Module, nn.Module]) -> None:
         """Route forward passes through wrappers such as ``DistributedDataParallel``.
@@ -155,11 +162,11 @@ class Estimator(nn.Module):
             if ref is not None and x.device != ref.device:
                 raise InputError(f"the step's input {name!r} is on {x.device} and the networks on "
                                  f"{ref.device}: move it with x.to({str(ref.device)!r})")
-            if ("inputs",) not in self._checked and not torch.isfinite(x).all():
+            if ("inputs",) not in self._first.checked and not torch.isfinite(x).all():
                 raise NonFiniteError(f"the step's input {name!r} holds NaN or infinite values; "
                                      "clean the batch before the step")
         if named:
-            self._checked.add(("inputs",))
+            self._first.checked.add(("inputs",))
 
     def forward(
         self,
@@ -314,6 +321,11 @@ class Round:
     unless a later player needs gradients through them (the papers' Algorithm 1
     draws them once per iteration), so the value of a later player mixes
     samples drawn before the update with parameters after it.
+
+    Its one job is evaluating the plans on this batch; what it delegates: the
+    first-step checks of each network, term and sample set (the estimator's
+    `_FirstRun`), and which module a call runs through under
+    ``DistributedDataParallel`` (`Estimator.distribute`).
     """
 
     def __init__(self, estimator: Estimator, inputs: Mapping[str, Tensor], *, n: int | None,
@@ -355,39 +367,7 @@ class Round:
         hit = self._calls.get(key)
         if hit is not None and hit.versions == versions:
             return hit.out
-        wrapper = self.estimator._wrappers.get(id(module))
-        run = (wrapper if wrapper is not None and not self.estimator._owners.get(id(module), frozenset()) <= self._done
-               else module)
-        seen = ("call", id(module), tuple(tuple(a.shape) if isinstance(a, Tensor) else None for a in args))
-        if seen in self.estimator._checked:
-            out = run(*args)
-        else:  # the first run of a network on inputs of these shapes: a failure names it and what it was given
-            try:
-                out = run(*args)
-            except (RuntimeError, ValueError, TypeError, IndexError) as err:
-                if isinstance(err, (ShapeError, NonFiniteError)) or type(err).__module__.startswith("kldiv"):
-                    raise
-                name = self.estimator._namer([module])
-                if isinstance(err, ValueError) and str(err).startswith("Expected parameter"):
-                    exc: Exception = NonFiniteError(
-                        f"network {name} gave a distribution with invalid parameters (NaN, inf or out of "
-                        f"range) when first run: {str(err).splitlines()[0]}. Check its initialisation."
-                    )
-                    exc.network_error = err  # the original, for debugging; not printed before kldiv's message
-                    raise exc from None
-                given = ", ".join(f"{tuple(a.shape)} {a.dtype}" if isinstance(a, Tensor) else type(a).__name__
-                                  for a in args)
-                expects = "; ".join(f"{k} {getattr(module, k)}" for k in ("image_shape", "latent_dim")
-                                    if hasattr(module, k))
-                exc = ShapeError(
-                    f"network {name} failed when first run, on inputs {given}"
-                    + (f" (it was built for {expects})" if expects else "")
-                    + f": {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Check that the "
-                    "batch's shape and the latent sizes of the encoder, the decoder and latent_shape agree."
-                )
-                exc.network_error = err  # the original, for debugging; not printed before kldiv's message
-                raise exc from None
-            self.estimator._checked.add(seen)
+        out = self.estimator._first.call(module, self.estimator._runner(module, self._done), args)
         self._calls[key] = _Entry((module, args), versions, out)
         return out
 
@@ -414,9 +394,7 @@ class Round:
         nets = tuple(density.pathwise(frozenset(density.variables)))
         versions = tuple(_versions(self._params_of(m)) for m in nets)
         s = density.sample(self, self.n)
-        if id(density) not in self.estimator._checked:
-            self._check_samples(density, s)
-            self.estimator._checked.add(id(density))
+        self.estimator._first.samples(density, s)
         self._samples[id(density)] = _Entry((density, nets), versions, s)
         return s
 
@@ -429,9 +407,7 @@ class Round:
         if hit is not None and hit.versions == versions:
             return hit.out
         out = term.evaluate(self, samples)
-        if id(term) not in self.estimator._checked:
-            self._check_term(term, samples, out)
-            self.estimator._checked.add(id(term))
+        self.estimator._first.term(term, samples, out)
         self._terms[key] = _Entry((term, samples), versions, out)
         return out
 
@@ -453,7 +429,8 @@ class Round:
             e = self._expectation(m, samples)
             terms[m] = e.detach()
             surrogate = surrogate + m.coef * e
-        for m, route in plan.score:
+        for r in plan.score:
+            m, route = r.summand, r.terms
             smp = samples[id(m.source)]
             if smp.weights is not None:
                 raise CompileError(f"{m.label()}: the score-function route needs unweighted samples of "
@@ -464,8 +441,7 @@ class Round:
                 raise InputError(f"{m.label()} is estimated by the score function, whose leave-one-out "
                                  "baseline needs at least 2 samples per round")
             log_s = sum(k.sign * self.term(k, smp) for k in route)
-            centred = any(k.normalizes is not None for k in m.source.terms())  # log Z must drop out
-            if self.estimator.baseline or centred:
+            if self.estimator.baseline or r.centred:
                 baseline = (t.sum() - t) / (n - 1)  # leave-one-out: unbiased, and log Z drops out
             else:
                 baseline = torch.zeros_like(t)
@@ -515,7 +491,52 @@ class Round:
             torch.autograd.backward(loss, inputs=params, retain_graph=retain_graph)
         self._done.add(player)
 
-    # --- first-step validation ------------------------------------------------------------
+
+class _FirstRun:
+    """The checks a compiled game runs the first time it evaluates each network (on inputs
+    of given shapes), each term and each source's samples, so that a wrong shape, a
+    non-finite initialisation or a failing network is named where it happens; later
+    evaluations skip them."""
+
+    def __init__(self, estimator: Estimator):
+        self.estimator = estimator
+        self.checked: set[Hashable] = set()  # what passed: calls by shapes, terms, sources
+
+    def call(self, module: nn.Module, run: nn.Module, args: tuple) -> object:
+        """``run(*args)`` (``module`` or its wrapper); the first run on inputs of these
+        shapes turns a failure into an error naming the network and what it was given."""
+        seen = ("call", id(module), tuple(tuple(a.shape) if isinstance(a, Tensor) else None for a in args))
+        if seen in self.checked:
+            out = run(*args)
+        else:  # the first run of a network on inputs of these shapes: a failure names it and what it was given
+            try:
+                out = run(*args)
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                if isinstance(err, (ShapeError, NonFiniteError)) or type(err).__module__.startswith("kldiv"):
+                    raise
+                name = self.estimator._namer([module])
+                if isinstance(err, ValueError) and str(err).startswith("Expected parameter"):
+                    exc: Exception = NonFiniteError(
+                        f"network {name} gave a distribution with invalid parameters (NaN, inf or out of "
+                        f"range) when first run: {str(err).splitlines()[0]}. Check its initialisation."
+                    )
+                    exc.network_error = err  # the original, for debugging; not printed before kldiv's message
+                    raise exc from None
+                given = ", ".join(f"{tuple(a.shape)} {a.dtype}" if isinstance(a, Tensor) else type(a).__name__
+                                  for a in args)
+                expects = "; ".join(f"{k} {getattr(module, k)}" for k in ("image_shape", "latent_dim")
+                                    if hasattr(module, k))
+                exc = ShapeError(
+                    f"network {name} failed when first run, on inputs {given}"
+                    + (f" (it was built for {expects})" if expects else "")
+                    + f": {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Check that the "
+                    "batch's shape and the latent sizes of the encoder, the decoder and latent_shape agree."
+                )
+                exc.network_error = err  # the original, for debugging; not printed before kldiv's message
+                raise exc from None
+            self.checked.add(seen)
+        return out
+
     def _where(self, term: Term) -> str:
         users = [
             name
@@ -526,7 +547,10 @@ class Round:
         nets = self.estimator._namer(term.modules) or "no network"
         return f"{term.label} (network {nets}; used by {', '.join(repr(u) for u in users) or 'no player'})"
 
-    def _check_term(self, term: Term, samples: Samples | None, out: object) -> None:
+    def term(self, term: Term, samples: Samples | None, out: object) -> None:
+        """Check a term's first output: one finite number per sample."""
+        if id(term) in self.checked:
+            return
         expected = () if samples is None else (samples.n,)
         if not isinstance(out, Tensor) or tuple(out.shape) != expected:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -541,8 +565,12 @@ class Round:
                 f"{self._where(term)} is not finite (NaN or inf) when first evaluated; check "
                 "the network's initialisation and the scale of its inputs."
             )
+        self.checked.add(id(term))
 
-    def _check_samples(self, density: Density, s: Samples) -> None:
+    def samples(self, density: Density, s: Samples) -> None:
+        """Check a source's first samples: one row per sample, the declared latent shape, finite."""
+        if id(density) in self.checked:
+            return
         for v, t in s.values.items():
             if t.shape[0] != s.n:
                 raise ShapeError(f"samples of {density.name}: {v} has {t.shape[0]} rows, expected {s.n}")
@@ -558,6 +586,7 @@ class Round:
                     f"samples of {v} from {density.name} ({density.describe_sampling()}) are not "
                     "finite when first drawn; check the network that produces them and the inputs."
                 )
+        self.checked.add(id(density))
 
 
 class _NoGame:
@@ -567,9 +596,11 @@ class _NoGame:
         self._networks = {id(m): m for d in _densities_of(density) for m in d.networks().values()}
         self._wrappers: dict[int, nn.Module] = {}
         self._owners: dict[int, frozenset[str]] = {}
-        self._checked: set[Hashable] = set()
+        self._first = _FirstRun(self)
         self._namer = _Namer(_densities_of(density))
         self.plans: dict[str, Plan] = {}
+
+    _runner = Estimator._runner
 
 
 def sample(density: Density, n: int | None = None, **inputs: Tensor) -> Samples:

@@ -24,7 +24,7 @@ from kldiv.errors import IntractableError, UnusedParametersError
 if TYPE_CHECKING:  # the planner reads the algebra's objects; it never builds them
     from kldiv.algebra import Contribution, Player
 
-__all__ = ["Merged", "Plan"]
+__all__ = ["Merged", "Plan", "ScoreRoute"]
 
 _EPS = 1e-12
 
@@ -63,6 +63,34 @@ def _signed(c: float) -> str:
 
 
 @attrs.frozen(eq=False)
+class ScoreRoute:
+    r"""A summand $c\,E_s[t]$ whose gradient reaches networks through the distribution of
+    samples that carry no pathwise gradient, and how it is estimated:
+
+    $$ \nabla E_s[t] = E_s\big[(t - b)\, \nabla \log s + \nabla t\big], $$
+
+    with the leave-one-out baseline $b$ (any $b$ independent of the sample keeps it
+    unbiased).
+
+    Attributes:
+        summand: the merged summand.
+        terms: the source's log-density terms whose gradient is the score
+            $\nabla \log s$ (only those upstream of $t$ when the source's order is known).
+        centred: whether the baseline is needed for the estimate to exist, not only
+            to cut its variance: the source has a $\log Z$, which the score cannot
+            compute but which drops out of $E_s[(t - b)\,\nabla \log s]$ (a centred
+            covariance); kept even where the game is compiled with ``baseline=False``.
+    """
+
+    summand: Merged
+    terms: tuple[Term, ...]
+    centred: bool
+
+    def __iter__(self):  # (summand, terms), as the plans' other pairs unpack
+        return iter((self.summand, self.terms))
+
+
+@attrs.frozen(eq=False)
 class Plan:
     """What the compiler decided for one player.
 
@@ -77,8 +105,9 @@ class Plan:
         cancelled: summands whose contributions summed to zero.
         fresh: per source, the networks whose gradient must flow through its samples.
         score: summands whose gradient reaches networks through the
-            distribution of samples that carry no pathwise gradient, with the
-            source's log-density terms whose gradient (the score) carries it.
+            distribution of samples that carry no pathwise gradient
+            ([`ScoreRoute`][kldiv.compiler.ScoreRoute]s: the summand, the
+            source's terms whose gradient is the score, and whether it must be centred).
     """
 
     player: Player
@@ -88,7 +117,7 @@ class Plan:
     sampler_paid: tuple[tuple[Merged, Density], ...]
     cancelled: tuple[Merged, ...]
     fresh: tuple[tuple[Density, frozenset[nn.Module]], ...]
-    score: tuple[tuple[Merged, tuple[Term, ...]], ...] = ()
+    score: tuple[ScoreRoute, ...] = ()
 
 
 def _merge(contributions: list[Contribution]) -> tuple[list[Merged], list[Merged]]:
@@ -214,7 +243,8 @@ def _plan(player: Player, payers: dict[int, Density], name: _Namer, closed_form:
                     f"be computed for a score-function estimate. Remove {name(blocked)} from this player, "
                     f"or give the player an objective whose gradient does not flow through {s.name}'s samples."
                 )
-            score.append((m, route))
+            centred = any(k.normalizes is not None for k in s.terms())  # log Z must drop out
+            score.append(ScoreRoute(m, route, centred))
             fresh.setdefault(id(s), (s, set()))[1].update(via_samples)  # samples of the current parameters
             continue
         gradient.append(m)
