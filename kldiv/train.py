@@ -3,7 +3,8 @@
 A recipe keeps its paper's algorithm in view and leaves the plumbing here:
 
 - a `@dataclass` config filled from the command line ([`parse_config`][kldiv.train.parse_config]);
-- the device (CUDA when present), ``--amp bf16`` autocast and ``--compile``;
+- the device (CUDA when present), ``--amp bf16`` autocast, ``--compile`` and
+  ``--channels-last`` (convolutional networks and image batches in NHWC memory);
 - batches that are a deterministic function of (seed, step), so a resumed run
   sees exactly the batches an uninterrupted one would;
 - self-describing checkpoints ``{networks, optimizers, schedulers, config,
@@ -94,6 +95,9 @@ class RunConfig:
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
     amp: str = option("none", "mixed precision: none or bf16", choices=("none", "bf16"))
     compile: bool = option(False, "compile the networks with torch.compile")
+    channels_last: bool = option(False, "keep the convolutional networks' weights and the image batches in the "
+                                 "channels-last (NHWC) memory format (the values and the checkpoints are the "
+                                 "same either way; benchmarks/recipe_speed.py measures the speed)")
     resume: bool = option(False, "continue from the checkpoint in --out")
     log_every: int = option(50, "write metrics every this many steps")
     sample_every: int = option(500, "write sample grids every this many steps")
@@ -305,6 +309,16 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor of the parameter's shape (Adam's moments)
+    the parameter's memory format: a checkpoint written with ``--channels-last`` holds
+    channels-last moments, which ``load_state_dict`` keeps as they are."""
+    for p, st in optimizer.state.items():
+        for key, v in st.items():
+            if isinstance(v, Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                st[key] = torch.empty_like(p, dtype=v.dtype).copy_(v)  # empty_like keeps p's strides
 
 
 # ----------------------------------------------------------------------------------------
@@ -534,13 +548,19 @@ class Run:
         return load_dataset(cfg.data, cfg.data_root, train=train, download=cfg.download, image_size=size)
 
     def prepare(self, net: nn.Module) -> nn.Module:
-        """Move a network to the device and, with ``--compile``, compile it.
-        Build the densities from what this returns; keep the original for
-        checkpoints (`attach`).
+        """Move a network to the device, with ``--channels-last`` put its 4-D
+        tensors (convolution weights) in the channels-last memory format, and,
+        with ``--compile``, compile it. Build the densities from what this
+        returns; keep the original for checkpoints (`attach`).
 
         Every network is compiled, spectrally normalised ones included (see
-        `compile_network`)."""
+        `compile_network`). The memory format is changed in place, parameter
+        by parameter, so the original module is channels-last too; its
+        ``state_dict`` is the same either way, and a checkpoint written with
+        ``--channels-last`` resumes without it and the other way round."""
         net = net.to(self.device)
+        if self.cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last)  # rank-4 tensors only; the others stay as they are
         if not self.cfg.compile:
             return net
         return compile_network(net)
@@ -656,6 +676,7 @@ class Run:
             # line's (times any decay accrued), so a run can resume with a lower rate.
             fresh = [g["lr"] for g in o.param_groups]
             o.load_state_dict(state["optimizers"][k])
+            _match_layouts(o)  # moments saved in the other memory format take this run's
             for g, lr in zip(o.param_groups, fresh):
                 decayed = g["lr"] / g["initial_lr"] if g.get("initial_lr") else 1.0
                 g["initial_lr"], g["lr"] = lr, lr * decayed
@@ -707,7 +728,13 @@ class Run:
                              disable=not sys.stderr.isatty() and os.environ.get("KLDIV_PROGRESS") != "1")
         self._loop_start = (time.perf_counter(), self.step)
         for x in source:
-            yield x.to(self.device, non_blocking=True)
+            yield self.place(x)
+
+    def place(self, x: Tensor) -> Tensor:
+        """A batch as `batches` yields it: on the device and, with ``--channels-last``,
+        an image batch ``(n, C, H, W)`` in the channels-last memory format."""
+        fmt = torch.channels_last if self.cfg.channels_last and x.dim() == 4 else torch.preserve_format
+        return x.to(self.device, non_blocking=True, memory_format=fmt)
 
     def autocast(self):
         """The ``--amp`` autocast context (a no-op without ``--amp bf16``)."""

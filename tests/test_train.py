@@ -288,3 +288,109 @@ def test_a_compiled_spectrally_normalised_energy_runs_a_round_as_the_eager_one()
     before = {k: v.clone() for k, v in compiled._net.state_dict().items()}
     compiled(x, z)
     torch.testing.assert_close(before, compiled._net.state_dict())
+
+
+# ----------------------------------------------------------------------------------------
+# --channels-last
+# ----------------------------------------------------------------------------------------
+def _conv_weights(nets):
+    return {f"{k}.{n}": p for k, m in nets.items() for n, p in m.named_parameters() if p.dim() == 4}
+
+
+def test_channels_last_trains_a_recipe_with_channels_last_networks_and_activations(tmp_path):
+    """On the digits preset's networks: finite losses, every convolution weight and every
+    convolution's output (the generator's images included) in the channels-last format."""
+    latent_ebm = load_recipe("latent_ebm")
+    outputs = []  # (layer, output is channels-last) for every 4-D convolution output of the last step
+
+    def hook(module, args, out):
+        if out.dim() == 4:
+            outputs.append((module, out.is_contiguous(memory_format=torch.channels_last)))
+
+    run = latent_ebm.main(["--batch-size", "16", "--steps", "2", "--log-every", "1", "--sample-every", "1000",
+                           "--channels-last", "--out", str(tmp_path / "run")])
+    assert run.cfg.channels_last and (run.cfg.image_size, run.cfg.width) == (16, 32)  # the digits preset
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(isinstance(r[p], float) and torch.isfinite(torch.tensor(r[p])) for r in rows for p in latent_ebm.PLAYERS)
+    weights = _conv_weights(run.networks)
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights.values())
+    assert any(not w.is_contiguous() for w in weights.values())  # NHWC indeed, not the 1-channel ambiguity
+    # the moments of Adam follow the parameters
+    for o in run.optimizers.values():
+        for p, st in o.state.items():
+            assert st["exp_avg"].stride() == p.stride()
+    # a further round: the batch, the generator's samples and every convolution's output are channels-last
+    handles = [m.register_forward_hook(hook) for net in run.networks.values() for m in net.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    try:
+        x = next(iter(run.batches(run.dataset())), None)
+        assert x is None  # the run is over: no batch left
+        x = torch.rand(16, 1, 16, 16).to(memory_format=torch.channels_last) * 2 - 1
+        run.estimator.round(x).backward("ebm")
+        g = run.networks["generator"](torch.randn(4, 16))
+    finally:
+        for h in handles:
+            h.remove()
+    assert g.is_contiguous(memory_format=torch.channels_last)
+    assert outputs and all(ok for _, ok in outputs), [type(m).__name__ for m, ok in outputs if not ok]
+
+
+def test_channels_last_batches_are_channels_last(tmp_path):
+    vae = load_recipe("vae")
+    from kldiv.train import Run
+
+    cfg = vae.Config(batch_size=8, steps=2, image_size=8, channels_last=True, out=str(tmp_path / "run"))
+    data = torch.rand(32, 3, 8, 8)
+    batches = list(Run(cfg, name="vae").batches(data))
+    assert len(batches) == 2 and all(b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+                                      for b in batches)
+    flat = list(Run(cfg, name="vae").batches(torch.rand(32, 6)))  # not images: left as they are
+    assert all(b.is_contiguous() for b in flat)
+
+
+def test_channels_last_gives_the_eager_losses_and_gradients(tmp_path):
+    """One simultaneous step from the same seed: the same losses, terms and gradients."""
+    latent_ebm = load_recipe("latent_ebm")
+    args = ["--image-size", "16", "--latent-dim", "4", "--width", "8", "--batch-size", "16", "--log-every", "1",
+            "--steps", "1", "--schedule", "simultaneous"]
+    runs = [latent_ebm.main([*args, *extra, "--out", str(tmp_path / str(i))])
+            for i, extra in enumerate(([], ["--channels-last"]))]
+    eager, nhwc = runs
+    assert eager.metrics.keys() == nhwc.metrics.keys() and "ebm/E_q[f(x, z)]" in eager.metrics
+    for k in eager.metrics:
+        assert nhwc.metrics[k] == pytest.approx(eager.metrics[k], rel=1e-5, abs=1e-6), k
+    assert any(not w.is_contiguous() for w in _conv_weights(nhwc.networks).values())
+    for (name, a), b in zip(_conv_weights(eager.networks).items(), _conv_weights(nhwc.networks).values()):
+        assert a.is_contiguous()
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for k in eager.networks:
+        for (name, a), b in zip(eager.networks[k].named_parameters(), nhwc.networks[k].parameters()):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=f"{k}.{name}")
+
+
+@pytest.mark.parametrize("first", [["--channels-last"], []], ids=["nhwc-then-nchw", "nchw-then-nhwc"])
+def test_checkpoints_resume_across_channels_last(tmp_path, first):
+    latent_ebm = load_recipe("latent_ebm")
+    then = [] if first else ["--channels-last"]
+    out = tmp_path / "run"
+    latent_ebm.main([*TINY, "--width", "8", "--steps", "2", "--out", str(out), *first])
+    saved = load_checkpoint(out / "checkpoint.pt")
+    # resumed with the other format: the same weights and moments, in this run's format
+    loaded = latent_ebm.main([*TINY, "--width", "8", "--steps", "2", "--out", str(out), "--resume", *then])
+    assert loaded.step == 2
+    for k, net in loaded.networks.items():
+        for name, v in net.state_dict().items():
+            assert torch.equal(v, saved["networks"][k][name]), (k, name)
+    fmt = torch.channels_last if then else torch.contiguous_format
+    for o in loaded.optimizers.values():
+        for p, st in o.state.items():
+            assert p.dim() != 4 or p.is_contiguous(memory_format=fmt)
+            assert st["exp_avg"].stride() == p.stride()
+            assert st["exp_avg_sq"].stride() == p.stride()
+    resumed = latent_ebm.main([*TINY, "--width", "8", "--steps", "4", "--out", str(out), "--resume", *then])
+    straight = latent_ebm.main([*TINY, "--width", "8", "--steps", "4", "--out", str(tmp_path / "straight")])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for p in latent_ebm.PLAYERS:  # what an uninterrupted run in one format computes, to within rounding
+        assert resumed.metrics[p] == pytest.approx(straight.metrics[p], rel=1e-4)
