@@ -42,6 +42,7 @@ Langevin chain do count for the energy.
     python benchmarks/recipe_speed.py                         # latent_ebm (simultaneous), triangle; CPU
     python benchmarks/recipe_speed.py --recipes all --device cuda --repeats 50 --json speed.json
     python benchmarks/recipe_speed.py --width 8 --latent-dim 8 --batch-size 8 --image-size 16 --repeats 2
+    python benchmarks/recipe_speed.py --recipes latent_ebm --variants eager,compile --repeats 3 --profile
 
 ``--recipes`` takes recipe names (``latent_ebm``, ``latent-ebm``), a schedule
 after a colon for the recipes that have one (``latent_ebm:sequential``), or
@@ -246,6 +247,7 @@ def bench_recipe(name: str, schedule: str | None, args, device: torch.device, cl
             for v in order[i % len(order):] + order[: i % len(order)]:
                 times[v].append(timed(variants[v], device, clock))
         passes = count_passes(variants["eager"]) if "eager" in variants else count_passes(next(iter(variants.values())))
+        profile = {v: profile_step(fn) for v, fn in variants.items()} if args.profile else None
     median = {v: statistics.median(t) for v, t in times.items()}
     ref = median.get("eager")
     result = {
@@ -256,7 +258,22 @@ def bench_recipe(name: str, schedule: str | None, args, device: torch.device, cl
         "passes": passes,
         "seconds": time.perf_counter() - t0,
     }
+    if profile is not None:
+        result["profile_ms"] = profile
     return result
+
+
+def profile_step(fn) -> dict[str, float]:
+    """One step under the PyTorch profiler, its self CPU time split into the convolutions
+    (forward and backward) and everything else (for a compiled network, mostly the
+    kernels inductor generated), in milliseconds."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    rows = prof.key_averages()
+    total = sum(r.self_cpu_time_total for r in rows) / 1e3
+    conv = sum(r.self_cpu_time_total for r in rows if "convolution" in r.key) / 1e3
+    generated = sum(r.self_cpu_time_total for r in rows if r.key.startswith("## Call CompiledFxGraph")) / 1e3
+    return {"total": total, "convolutions": conv, "compiled_graphs": generated, "rest": total - conv}
 
 
 def print_result(res: dict) -> None:
@@ -267,6 +284,9 @@ def print_result(res: dict) -> None:
         print(f"  {v:<28} {r['median_s'] * 1e3:9.1f} {r['steps_per_s']:9.2f} {ratio:>8} {r['warmup_s']:10.1f}")
     passes = ", ".join(f"{k} {c['forward']}/{c['backward']}" for k, c in res["passes"].items())
     print(f"  passes per step (forward/backward): {passes}", flush=True)
+    for v, ms in res.get("profile_ms", {}).items():
+        print(f"  profile {v:<20} {ms['total']:8.1f} ms self CPU: convolutions {ms['convolutions']:.1f}, "
+              f"the rest {ms['rest']:.1f} (of which compiled graphs' own kernels {ms['compiled_graphs']:.1f})")
 
 
 def main(argv=None) -> dict:
@@ -289,6 +309,8 @@ def main(argv=None) -> dict:
                     help="wall time (default) or the process's CPU time, summed over its threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one step of each variant: convolutions against everything else")
     args = ap.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(args.variants) - set(VARIANTS))
