@@ -19,7 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kldiv import KL, DataDensity, GeneratorDensity, LatentEBM, S
+from kldiv import KL, DataDensity, EnergyPrior, Factor, GeneratorDensity, LatentEBM, S
 from kldiv import errors as kerr
 from kldiv.errors import CheckpointError, CompileError, InputError, NonFiniteError, ShapeError
 from kldiv.nn import EnergyXZ, GaussianEncoder, Generator
@@ -63,6 +63,49 @@ EXPRESSIONS = {
     "negative weight": (lambda: KL(*densities()[:2], weights={"z": -1.0}), "weight of 'z' must be a finite positive"),
     "nan weight": (lambda: KL(*densities()[:2], weights={"z": math.nan}), "weight of 'z' must be a finite positive"),
 }
+
+
+# ----------------------------------------------------------------------------------------
+# Densities: refused when built, with the argument named
+# ----------------------------------------------------------------------------------------
+def _lin():
+    return torch.nn.Linear(2, 3)
+
+
+DENSITIES = {
+    "infinite sigma": (lambda: GeneratorDensity(_lin(), latent_shape=2, sigma=math.inf), ValueError,
+                       "sigma, the observation noise, must be positive and finite"),
+    "nan sigma": (lambda: GeneratorDensity(_lin(), latent_shape=2, sigma=math.nan), ValueError,
+                  "must be positive and finite"),
+    "zero sigma": (lambda: GeneratorDensity(_lin(), latent_shape=2, sigma=0.0), ValueError, "positive"),
+    "sigma a word": (lambda: GeneratorDensity(_lin(), latent_shape=2, sigma="0.5"), TypeError, "must be a number"),
+    "empty latent": (lambda: GeneratorDensity(_lin(), latent_shape=0, sigma=1.0), ValueError,
+                     "latent_shape must have sizes of at least 1"),
+    "negative latent": (lambda: GeneratorDensity(_lin(), latent_shape=(2, -1), sigma=1.0), ValueError,
+                        "at least 1"),
+    "fractional latent": (lambda: GeneratorDensity(_lin(), latent_shape=2.5, sigma=1.0), TypeError,
+                          "latent_shape must be a positive int or a tuple"),
+    "latent as text": (lambda: GeneratorDensity(_lin(), latent_shape="12", sigma=1.0), TypeError,
+                       "latent_shape must be a positive int or a tuple"),
+    "energy prior of no size": (lambda: EnergyPrior(_lin(), 0), ValueError, "at least 1"),
+    "decoder a function": (lambda: GeneratorDensity(lambda z: z, latent_shape=2, sigma=1.0), TypeError,
+                           "decoder must be an nn.Module"),
+    "encoder a function": (lambda: DataDensity(lambda x: x), TypeError, "encoder must be an nn.Module"),
+    "name a number": (lambda: DataDensity(_lin(), name=3), TypeError, "name is a non-empty string"),
+    "factor of no variable": (lambda: Factor("", _lin()), TypeError, "a factor's variable is a non-empty name"),
+    "factor its own parent": (lambda: Factor("x", _lin(), parents="x"), ValueError, "cannot be its own parent"),
+    "factor of two sources": (lambda: Factor("x", _lin(), input="data"), ValueError, "exactly one of network"),
+    "factor parents not names": (lambda: Factor("x", _lin(), parents=(1,)), TypeError, "are variable names"),
+    "density factor over two variables": (lambda: Factor("z", density=LatentEBM(_lin())), ValueError,
+                                          "must be over 'z' alone"),
+}
+
+
+@pytest.mark.parametrize("case", list(DENSITIES))
+def test_bad_densities_are_refused_when_built(case):
+    build, kind, words = DENSITIES[case]
+    with pytest.raises(kind, match=re.escape(words)):
+        build()
 
 
 @pytest.mark.parametrize("case", list(EXPRESSIONS))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Protocol
 
@@ -135,6 +136,10 @@ class Density(abc.ABC):
     term (Rao–Blackwellisation); without it, every factor's score is kept (still unbiased)."""
 
     def __init__(self, name: str, latex: str | None = None):
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a density's name is a non-empty string (it names it in messages), got {name!r}")
+        if latex is not None and not isinstance(latex, str):
+            raise TypeError(f"a density's latex name is a string, got {type(latex).__name__}")
         self.name = name
         self.latex = name if latex is None else latex
 
@@ -288,8 +293,15 @@ def _per_sample(out: Tensor) -> Tensor:
     return out
 
 
-def _as_shape(shape: int | tuple[int, ...]) -> tuple[int, ...]:
-    return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+def _as_shape(shape: int | tuple[int, ...], what: str = "latent_shape") -> tuple[int, ...]:
+    """A shape from an int or a sequence of ints, each at least 1; anything else is refused by name."""
+    items = (shape,) if isinstance(shape, numbers.Integral) else shape
+    if isinstance(shape, (str, bytes)) or not isinstance(items, (tuple, list, torch.Size)) or not items or any(
+            isinstance(k, bool) or not isinstance(k, numbers.Integral) for k in items):
+        raise TypeError(f"{what} must be a positive int or a tuple of positive ints, got {shape!r}")
+    if any(int(k) < 1 for k in items):
+        raise ValueError(f"{what} must have sizes of at least 1, got {shape!r}")
+    return tuple(int(k) for k in items)
 
 
 def conditional_term(encoder: nn.Module, name: str = "q") -> Term:

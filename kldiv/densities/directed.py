@@ -88,8 +88,15 @@ class GeneratorDensity(FactoredDensity):
                 "reparameterized=False estimates the decoder's gradient by the score of p(x|z), which "
                 "needs x drawn from p(x|z): use synthesis='sample'"
             )
-        if sigma is not None and not float(sigma) > 0:
-            raise ValueError(f"sigma must be positive, got {sigma!r}")
+        if sigma is not None:
+            try:
+                if isinstance(sigma, (bool, str, bytes)):
+                    raise TypeError
+                sigma = float(sigma)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"sigma, the observation noise, must be a number, got {sigma!r}") from None
+            if not (math.isfinite(sigma) and sigma > 0):
+                raise ValueError(f"sigma, the observation noise, must be positive and finite, got {sigma!r}")
         if not isinstance(decoder, nn.Module):
             raise TypeError(f"decoder must be an nn.Module, got {type(decoder).__name__}")
         latent_shape = _as_shape(latent_shape)

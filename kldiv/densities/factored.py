@@ -111,7 +111,7 @@ class Factor:
 
     variable: str
     network: nn.Module | None = None
-    parents: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    parents: tuple[str, ...] = attrs.field(default=(), converter=lambda ps: (ps,) if isinstance(ps, str) else tuple(ps))
     distribution: Distribution | None = None
     input: str | Density | None = None
     reparameterized: bool = True
@@ -147,6 +147,12 @@ class Factor:
             if tuple(self.distribution.batch_shape) != ():
                 raise ValueError(f"the distribution of the factor of {self.variable!r} must have batch shape () "
                                  f"(use .to_event), got {tuple(self.distribution.batch_shape)}")
+        if not all(isinstance(p, str) and p for p in self.parents):
+            raise TypeError(f"the parents of the factor of {self.variable!r} are variable names, got {self.parents!r}")
+        if self.variable in self.parents:
+            raise ValueError(f"the factor of {self.variable!r} cannot be its own parent")
+        if self.name is not None and not isinstance(self.name, str):
+            raise TypeError(f"the name of the factor of {self.variable!r} is a string, got {self.name!r}")
         if self.network is None and self.parents:
             raise ValueError(f"the factor of {self.variable!r} has parents {self.parents} but no network to read them")
 
