@@ -269,6 +269,9 @@ def test_a_compiled_spectrally_normalised_energy_runs_a_round_as_the_eager_one()
     from kldiv.nn import MLPEnergy
     from kldiv.train import compile_network
 
+    import torch._functorch.config as functorch_config
+
+    flag = functorch_config.donated_buffer
     torch.manual_seed(0)
     eager = MLPEnergy(6, latent_dim=3, hidden=(16,), spectral_norm=True)
     compiled = compile_network(copy.deepcopy(eager))
@@ -284,6 +287,7 @@ def test_a_compiled_spectrally_normalised_energy_runs_a_round_as_the_eager_one()
     for g0, g1 in zip(*grads):
         torch.testing.assert_close(g0, g1)
     torch.testing.assert_close(eager.state_dict(), compiled._net.state_dict())  # the same u, v after the round
+    assert functorch_config.donated_buffer == flag  # compiling changed no global setting
     compiled.eval()  # evaluation: no power iteration, as in eager mode
     before = {k: v.clone() for k, v in compiled._net.state_dict().items()}
     compiled(x, z)

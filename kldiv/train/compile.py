@@ -50,13 +50,23 @@ class _Compiled(nn.Module):
     def forward(self, *args, **kwargs):
         if self._net.training:
             self._power_iteration()
-        return self.compiled(*args, **kwargs)
+        with no_donated_buffers():  # graphs compiled here save no buffer to donate
+            return self.compiled(*args, **kwargs)
 
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._net, name)
+
+
+def no_donated_buffers():
+    """A context in which torch compiles graphs without donated buffers and accepts backward
+    passes that retain the graph through them (``torch._functorch.config.donated_buffer``
+    off for its duration only)."""
+    import torch._functorch.config
+
+    return torch._functorch.config.patch(donated_buffer=False)
 
 
 def compile_network(net: nn.Module) -> nn.Module:
@@ -72,16 +82,15 @@ def compile_network(net: nn.Module) -> nn.Module:
     vectors it was computed with — the eager semantics, one step per call.
     A round also back-propagates several players through one graph
     (``retain_graph=True``), which compiled backward passes with donated
-    buffers refuse, so donated buffers are turned off
-    (``torch._functorch.config.donated_buffer``). That setting is global: it
-    is also read when a backward graph is compiled, lazily inside
-    ``backward()``, and by cached graphs, so it cannot be scoped to these
-    networks' calls.
+    buffers refuse.  torch decides whether a graph donates buffers when it
+    compiles it, inside the first forward call, and checks the setting again
+    in each backward pass that retains the graph; the compiled network's
+    calls run under [`no_donated_buffers`][kldiv.train.compile.no_donated_buffers],
+    and so do `Run`'s backward passes. A loop of your own that retains the
+    graph through a compiled network wraps its backward passes in it too.
+    No global setting is changed.
 
     Returns a module that calls the compiled network; its parameters,
     buffers and other attributes are the network's.
     """
-    import torch._functorch.config
-
-    torch._functorch.config.donated_buffer = False
     return _Compiled(net)

@@ -21,7 +21,7 @@ from kldiv.compiler import Estimator, Round
 from kldiv.errors import NonFiniteError
 from kldiv.train.batches import StepBatchSampler, _collate
 from kldiv.train.checkpoints import Checkpoints
-from kldiv.train.compile import compile_network
+from kldiv.train.compile import compile_network, no_donated_buffers
 from kldiv.train.config import RunConfig
 from kldiv.train.log import RunLog
 
@@ -281,7 +281,7 @@ class Run:
     def _backward(self, r: Round, player: str) -> None:
         self.optimizers[player].zero_grad(set_to_none=True)
         try:
-            with self.autocast():
+            with self.autocast(), no_donated_buffers():  # players share compiled graphs (retain_graph)
                 loss = r.backward(player)
         except NonFiniteError as err:  # a network output caught by the first-round checks
             raise NonFiniteError(f"{err}\n{self._stop_note(player)}") from err
