@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from typing import TYPE_CHECKING
 
 from kldiv.densities import Density, EnergyBased, Samples, Term
+from kldiv.densities import base as _base
 from kldiv.densities.base import _densities_of, _Namer
 from kldiv.errors import CompileError, InputError, NonFiniteError, ShapeError
 from kldiv.planner import Merged, Plan, _plan, _signed
@@ -618,4 +619,14 @@ def sample(density: Density, n: int | None = None, **inputs: Tensor) -> Samples:
         >>> s["x"].shape, s["z"].shape
         (torch.Size([5, 3]), torch.Size([5, 2]))
     """
+    if not isinstance(density, Density):
+        raise TypeError(f"sample draws from a Density, got {type(density).__name__}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise InputError(f"n, the number of samples, must be a positive int, got {n!r}")
+    bad = [k for k, v in inputs.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise InputError(f"the inputs {bad} of sample must be tensors (sample({density.name}, data=x))")
     return Round(_NoGame(density), inputs, n=n).samples(density)
+
+
+_base._outside_a_game = sample  # p.sample(n, **inputs) outside a game (`Density.sample`)

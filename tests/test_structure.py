@@ -224,3 +224,26 @@ def test_a_factored_density_derives_what_the_hand_written_ones_declare():
         FactoredDensity([Factor("z", enc, parents=("x",)), Factor("x", input="data")])
     with pytest.raises(ValueError, match="exactly one of network, distribution, input or density"):
         Factor("z")
+
+
+def test_every_density_samples_itself_outside_a_game_with_sample_n():
+    """``p.sample(n)`` and ``q.sample(data=x)`` are `kldiv.sample`; ``sample(ev, n)`` stays the compiler's call."""
+    from kldiv import sample
+    from kldiv.errors import InputError, NotSampleableError
+
+    *_, q, p, pi = triangle_parts(synthesis="sample")
+    x = torch.randn(N, DX, dtype=torch.float64)
+    torch.manual_seed(3)
+    a = p.sample(7)
+    torch.manual_seed(3)
+    b = sample(p, 7)
+    assert set(a.values) == {"x", "z"} and all(torch.equal(a[v], b[v]) for v in a.values)
+    assert q.sample(data=x)["z"].shape == (N, DZ)
+    u = LearnedPriorGenerator(nn.Linear(1, DZ).double(), Decoder(DZ, DX).double())  # a user's density
+    assert u.sample(n=5)["x"].shape == (5, DX)
+    with pytest.raises(NotSampleableError, match="attach a sampler"):
+        pi.sample(4)
+    with pytest.raises(InputError, match="positive int"):
+        p.sample(0)
+    with pytest.raises(TypeError, match="one count"):
+        p.sample(3, 4)

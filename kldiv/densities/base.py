@@ -5,6 +5,7 @@ and its closed-form KL against a prior)."""
 from __future__ import annotations
 
 import abc
+import functools
 import math
 import numbers
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -195,8 +196,28 @@ class Density(abc.ABC):
         """
         return None
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        impl = cls.__dict__.get("sample")
+        if impl is not None and not getattr(impl, "_either_call", False):
+            cls.sample = _either_call(impl)
+
     def sample(self, ev: Evaluator, n: int) -> Samples:
-        """Draw ``n`` samples of every variable (reparameterised where possible)."""
+        """Draw ``n`` samples of every variable (reparameterised where possible).
+
+        Two calls: the compiler's, ``sample(ev, n)`` with its
+        [`Evaluator`][kldiv.densities.Evaluator] (what a subclass implements),
+        and a user's outside any game, ``p.sample(n)`` or ``q.sample(data=x)``,
+        which is [`kldiv.sample`][kldiv.sample]``(p, n, **inputs)``: the same
+        draw with the first-step checks.
+
+        Examples:
+            >>> import torch
+            >>> from kldiv import GeneratorDensity
+            >>> p = GeneratorDensity(torch.nn.Linear(2, 3), latent_shape=2, sigma=0.1)
+            >>> p.sample(4)["x"].shape
+            torch.Size([4, 3])
+        """
         from kldiv.errors import NotSampleableError
 
         raise NotSampleableError(f"{self!r} cannot be sampled; attach a sampler to it")
@@ -244,6 +265,32 @@ class Density(abc.ABC):
     def uncomputed(self) -> tuple[str, ...]:
         """The labels of the terms `log_prob` leaves out (``log Z``, ``log q_data(x)``)."""
         return tuple(t.label for t in self.terms() if not (t.computable and t.evaluate is not None))
+
+
+_outside_a_game: Callable[..., Samples] | None = None
+"""``kldiv.sample``, set by `kldiv.estimator` when it is imported (it builds on this module, so
+this module cannot import it); ``import kldiv``, which any import of a kldiv module runs first,
+imports the estimator."""
+
+
+def _either_call(impl: Callable) -> Callable:
+    """``sample`` taking the compiler's ``(ev, n)`` or a user's ``(n, **inputs)``."""
+
+    @functools.wraps(impl)
+    def sample(self, ev=None, n=None, **inputs):
+        if ev is None or isinstance(ev, numbers.Integral):  # a count (a bool is refused there)
+            if ev is not None and n is not None:
+                raise TypeError(f"{self.name}.sample takes one count outside a game: {self.name}.sample(n, **inputs)")
+            return _outside_a_game(self, n if ev is None else ev, **inputs)  # set: `import kldiv` imports it
+        if inputs:
+            raise TypeError(f"{self.name}.sample(ev, n) takes no inputs; the evaluator holds them")
+        return impl(self, ev, n)
+
+    sample._either_call = True
+    return sample
+
+
+Density.sample = _either_call(Density.sample)
 
 
 class _DirectEvaluator:
