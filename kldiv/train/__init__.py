@@ -27,7 +27,8 @@ The package's modules, one concept each (the linked names, and
   state, and ``Checkpoints``, a run's ``checkpoint.pt``, ``config.json``,
   ``--keep`` and ``--resume``;
 - ``kldiv.train.batches``: [`StepBatchSampler`][kldiv.train.StepBatchSampler];
-- ``kldiv.train.compile``: [`compile_network`][kldiv.train.compile_network];
+- ``kldiv.train.compile``: [`compile_network`][kldiv.train.compile_network] and
+  [`no_donated_buffers`][kldiv.train.no_donated_buffers];
 - ``kldiv.train.log``: ``RunLog``, the metrics (JSON lines, TensorBoard), the
   progress bar or lines, the image grids;
 - ``kldiv.train.run``: [`Run`][kldiv.train.Run], which a recipe's loop drives
@@ -50,7 +51,7 @@ for x in run.batches(dataset):
 from kldiv.train.config import RunConfig, option, parse_config, build_networks
 from kldiv.train.checkpoints import save_checkpoint, load_checkpoint
 from kldiv.train.batches import StepBatchSampler
-from kldiv.train.compile import compile_network
+from kldiv.train.compile import compile_network, no_donated_buffers
 from kldiv.train.run import Run
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "build_networks",
     "compile_network",
     "load_checkpoint",
+    "no_donated_buffers",
     "option",
     "parse_config",
     "save_checkpoint",

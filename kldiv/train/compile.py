@@ -85,7 +85,7 @@ def compile_network(net: nn.Module) -> nn.Module:
     buffers refuse.  torch decides whether a graph donates buffers when it
     compiles it, inside the first forward call, and checks the setting again
     in each backward pass that retains the graph; the compiled network's
-    calls run under [`no_donated_buffers`][kldiv.train.compile.no_donated_buffers],
+    calls run under [`no_donated_buffers`][kldiv.train.no_donated_buffers],
     and so do `Run`'s backward passes. A loop of your own that retains the
     graph through a compiled network wraps its backward passes in it too.
     No global setting is changed.
