@@ -6,11 +6,11 @@ images in [-1, 1] stand in for the data), once per variant, each variant
 through a `kldiv.train.Run` configured as the command-line flags would
 configure it (``Run.prepare`` moves, converts and compiles the networks,
 ``Run.place`` puts the batch on the device in the run's memory format), with
-the recipe's own ``game`` and ``optimizers``. A step is the body of the
-recipe's training loop: ``step.round(x)`` and then ``run.update(r, player)``
-per player in the recipe's order, or ``run.update_all(r)`` for a simultaneous
-schedule (the non-finite checks and gradient clipping of `Run.update`
-included); ``run.end_step`` (logs, checkpoints, schedulers) is left out. The
+the recipe's own ``game`` and ``optimizers``. A step is the recipe's own
+``train_step`` — the body of its training loop: its rounds and its players'
+updates in the recipe's order (the non-finite checks and gradient clipping
+of `Run.update` included), values computed only on logged steps, as in
+training; ``run.end_step`` (logs, checkpoints, schedulers) is left out. The
 variants:
 
     eager                     the default
@@ -90,42 +90,6 @@ VARIANTS = {  # name -> the run's flags
 # ----------------------------------------------------------------------------------------
 # One recipe, one variant
 # ----------------------------------------------------------------------------------------
-def recipe_step(name: str, recipe, cfg, run: Run, step, parts: dict):
-    """The body of ``recipe.main``'s loop for one batch, without ``run.end_step()``."""
-    if name in ("latent_ebm", "triangle"):
-        def one(x):
-            r = step.round(x, values=False)
-            if cfg.schedule == "sequential":
-                for player in recipe.PLAYERS:
-                    run.update(r, player)
-            else:
-                run.update_all(r)
-    elif name == "bidvl":
-        lower, upper = parts["levels"]
-
-        def one(x):
-            for _ in range(cfg.lower_steps):
-                r = step.round(x, values=False)
-                for player in lower:
-                    run.update(r, player)
-            for player in upper:
-                run.update(r, player)
-    elif name == "mcmc_teaching":
-        def one(x):
-            r = step.round(x, n=cfg.chains or None, values=False)
-            run.update(r, "ebm")
-            run.update(r, "vae")
-    elif name == "latent_prior_ebm":
-        def one(x):
-            run.update_all(step.round(x, values=False))
-    elif name == "vae":
-        def one(x):
-            run.update(step.round(x, values=False), "vae")
-    else:
-        raise ValueError(f"no training step for recipe {name!r}")
-    return one
-
-
 class Variant:
     """A recipe's networks, game, optimisers and batch, set up as ``recipe.main`` would with these flags."""
 
@@ -142,10 +106,10 @@ class Variant:
                         else recipe.optimizers(cfg, self.networks))
         run.attach(self.step, self.networks, opts, scheds, architecture=self.architecture)
         self.x = run.place(data)
-        self.one = recipe_step(name, recipe, cfg, run, self.step, self.parts)
+        self.recipe = recipe
 
     def __call__(self) -> None:
-        self.one(self.x)
+        self.recipe.train_step(self.cfg, self.run, self.step, self.parts, self.x)
 
 
 def timed(fn, device: torch.device, clock) -> float:

@@ -147,6 +147,19 @@ def optimizers(cfg: Config, step, nets: dict) -> tuple[dict, dict]:
     return opts, {k: torch.optim.lr_scheduler.ExponentialLR(o, cfg.decay) for k, o in opts.items()}
 
 
+def train_step(cfg: Config, run: Run, step, parts: dict, x: torch.Tensor):
+    """One iteration of Algorithm 1: ``lower_steps`` updates of the lower level on fresh rounds
+    (lines 3-5), then the upper level on the last round (line 7)."""
+    lower_players, upper_players = parts["levels"]
+    for i in range(cfg.lower_steps):  # lines 3-5: the lower level
+        r = step.round(x, values=run.logging and i == cfg.lower_steps - 1)
+        for player in lower_players:
+            run.update(r, player)
+    for player in upper_players:  # line 7: the upper level
+        run.update(r, player)
+    return r
+
+
 def main(argv=None) -> Run:
     cfg = parse_config(Config, argv, PRESETS)
     run = Run(cfg, name="bidvl")
@@ -156,7 +169,6 @@ def main(argv=None) -> Run:
     G, I, E = (run.prepare(nets[k]) for k in ("generator", "encoder", "energy"))
     g, parts = game(cfg, G, I, E)
     step = g.compile()
-    lower_players, upper_players = parts["levels"]
     opts, scheds = optimizers(cfg, step, nets)
     run.attach(step, nets, opts, scheds, architecture=architecture)
     if run.is_main and run.step == 0:
@@ -164,12 +176,7 @@ def main(argv=None) -> Run:
 
     fixed_z = torch.randn(100, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(run.device)
     for x in run.batches(train):  # Algorithm 1
-        for i in range(cfg.lower_steps):  # lines 3-5: the lower level
-            r = step.round(x, values=run.logging and i == cfg.lower_steps - 1)
-            for player in lower_players:
-                run.update(r, player)
-        for player in upper_players:  # line 7: the upper level
-            run.update(r, player)
+        train_step(cfg, run, step, parts, x)
         run.end_step()
         if run.should_sample():
             run.snapshot(G, fixed_z, I, x)

@@ -118,6 +118,18 @@ def optimizers(cfg: Config, nets: dict) -> tuple[dict, dict]:
     return opts, {k: torch.optim.lr_scheduler.ExponentialLR(o, cfg.decay) for k, o in opts.items()}
 
 
+def train_step(cfg: Config, run: Run, step, parts: dict, x: torch.Tensor):
+    """One iteration of Algorithm 1: the synthesis and inference samples drawn once (lines 3-4), then
+    the EBM, the inference model and the generator updated in turn (lines 5-7), or all from one evaluation."""
+    r = step.round(x, values=run.logging)  # Algorithm 1, lines 3-4: synthesis and inference samples, drawn once
+    if cfg.schedule == "sequential":
+        for player in PLAYERS:  # lines 5-7, in the paper's order
+            run.update(r, player)
+    else:
+        run.update_all(r)
+    return r
+
+
 def main(argv=None) -> Run:
     cfg = parse_config(Config, argv, PRESETS)
     run = Run(cfg, name="latent_ebm")
@@ -125,7 +137,8 @@ def main(argv=None) -> Run:
     architecture = networks(cfg, tuple(train[0][0].shape))
     nets = build_networks(architecture)
     G, I, E = (run.prepare(nets[k]) for k in ("generator", "encoder", "energy"))
-    step = game(cfg, G, I, E)[0].compile()
+    g, parts = game(cfg, G, I, E)
+    step = g.compile()
     opts, scheds = optimizers(cfg, nets)
     run.attach(step, nets, opts, scheds, architecture=architecture)
     if run.is_main and run.step == 0:
@@ -133,12 +146,7 @@ def main(argv=None) -> Run:
 
     fixed_z = torch.randn(100, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(run.device)
     for x in run.batches(train):
-        r = step.round(x, values=run.logging)  # Algorithm 1, lines 3-4: synthesis and inference samples, drawn once
-        if cfg.schedule == "sequential":
-            for player in PLAYERS:  # lines 5-7, in the paper's order
-                run.update(r, player)
-        else:
-            run.update_all(r)
+        train_step(cfg, run, step, parts, x)
         run.end_step()
         if run.should_sample():
             run.snapshot(G, fixed_z, I, x)

@@ -121,6 +121,14 @@ def optimizers(cfg: Config, nets: dict) -> tuple[dict, dict]:
     return opts, {k: torch.optim.lr_scheduler.ExponentialLR(o, cfg.decay) for k, o in opts.items()}
 
 
+def train_step(cfg: Config, run: Run, step, parts: dict, x: torch.Tensor):
+    """One iteration: the prior's chains and the encoder's samples drawn once, then the three
+    players updated from that one evaluation."""
+    r = step.round(x, values=run.logging)
+    run.update_all(r)
+    return r
+
+
 def main(argv=None) -> Run:
     cfg = parse_config(Config, argv, PRESETS)
     run = Run(cfg, name="latent_prior_ebm")
@@ -128,15 +136,15 @@ def main(argv=None) -> Run:
     architecture = networks(cfg, tuple(train[0][0].shape))
     nets = build_networks(architecture)
     G, I, F = (run.prepare(nets[k]) for k in ("generator", "encoder", "prior"))
-    step = game(cfg, G, I, F)[0].compile()
+    g, parts = game(cfg, G, I, F)
+    step = g.compile()
     opts, scheds = optimizers(cfg, nets)
     run.attach(step, nets, opts, scheds, architecture=architecture)
     if run.is_main and run.step == 0:
         print(step.explain())
 
     for x in run.batches(train):
-        r = step.round(x, values=run.logging)  # prior chains and encoder samples, drawn once
-        run.update_all(r)  # the three players from one evaluation
+        train_step(cfg, run, step, parts, x)
         run.end_step()
         if run.should_sample():
             # z from the prior's chain, seeded: the samples kldiv.evaluate scores

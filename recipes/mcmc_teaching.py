@@ -120,6 +120,15 @@ def optimizers(cfg: Config, nets: dict) -> tuple[dict, dict]:
     return opts, {k: torch.optim.lr_scheduler.StepLR(o, 20, cfg.decay) for k, o in opts.items()}
 
 
+def train_step(cfg: Config, run: Run, step, parts: dict, x: torch.Tensor):
+    """One iteration: z^ ~ N(0, I), x^ = g(z^), x~ = Langevin(x^), drawn once; then the EBM
+    and the VAE updated in turn."""
+    r = step.round(x, n=cfg.chains or None, values=run.logging)
+    run.update(r, "ebm")
+    run.update(r, "vae")
+    return r
+
+
 def main(argv=None) -> Run:
     cfg = parse_config(Config, argv, PRESETS)
     run = Run(cfg, name="mcmc_teaching")
@@ -127,19 +136,17 @@ def main(argv=None) -> Run:
     architecture = networks(cfg, tuple(train[0][0].shape))
     nets = build_networks(architecture)
     G, I, E = (run.prepare(nets[k]) for k in ("generator", "encoder", "energy"))
-    step = game(cfg, G, I, E)[0].compile()
+    g, parts = game(cfg, G, I, E)
+    step = g.compile()
     opts, scheds = optimizers(cfg, nets)
     run.attach(step, nets, opts, scheds, architecture=architecture)
-    pi = step.game["ebm"].named[0]
+    pi = parts["pi"]
     if run.is_main and run.step == 0:
         print(step.explain())
 
     fixed_z = torch.randn(100, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(run.device)
     for x in run.batches(train):
-        # z^ ~ N(0, I), x^ = g(z^), x~ = Langevin(x^): drawn once
-        r = step.round(x, n=cfg.chains or None, values=run.logging)
-        run.update(r, "ebm")
-        run.update(r, "vae")
+        r = train_step(cfg, run, step, parts, x)
         if run.logging:
             revised = r.samples(pi)["x"]
             run.end_step(revised_min=float(revised.min()), revised_max=float(revised.max()))

@@ -82,6 +82,13 @@ def optimizers(cfg: Config, nets: dict) -> tuple[dict, dict]:
     return {"vae": opt}, {"vae": torch.optim.lr_scheduler.ExponentialLR(opt, cfg.decay)}
 
 
+def train_step(cfg: Config, run: Run, step, parts: dict, x: torch.Tensor):
+    """One step: q's samples of z drawn, the VAE updated."""
+    r = step.round(x, values=run.logging)
+    run.update(r, "vae")
+    return r
+
+
 def main(argv=None) -> Run:
     cfg = parse_config(Config, argv, PRESETS)
     run = Run(cfg, name="vae")
@@ -89,7 +96,8 @@ def main(argv=None) -> Run:
     architecture = networks(cfg, tuple(train[0][0].shape))
     nets = build_networks(architecture)
     G, I = (run.prepare(nets[k]) for k in ("generator", "encoder"))
-    step = game(cfg, G, I)[0].compile()
+    g, parts = game(cfg, G, I)
+    step = g.compile()
     opts, scheds = optimizers(cfg, nets)
     run.attach(step, nets, opts, scheds, architecture=architecture)
     if run.is_main and run.step == 0:
@@ -97,8 +105,7 @@ def main(argv=None) -> Run:
 
     fixed_z = torch.randn(100, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(run.device)
     for x in run.batches(train):
-        r = step.round(x, values=run.logging)
-        run.update(r, "vae")
+        train_step(cfg, run, step, parts, x)
         run.end_step()
         if run.should_sample():
             run.snapshot(G, fixed_z, I, x)
