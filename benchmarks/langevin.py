@@ -24,10 +24,19 @@ without letting it touch torch::
 
 Without torchebm the script says so and times kldiv alone.
 
+With ``--compile 1`` kldiv's chain also runs compiled (``langevin_chain(...,
+compile=True)``: each step one ``torch.compile``d function of the chains'
+state, the noise drawn outside it from the same stream), as a third sampler
+in the same interleaved repeats; its chains are checked against the eager
+ones, and the script prints the median of the per-repeat ratios
+``time(kldiv compiled) / time(kldiv)`` (below 1: compiling pays).  The
+compilation happens in the warm-up run and is not timed.
+
 Usage::
 
     python benchmarks/langevin.py                   # both cases, CPU
     python benchmarks/langevin.py --case conv --repeats 11 --device cuda
+    python benchmarks/langevin.py --threads 1 --compile 1
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ class Config:
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads (0: torch's default)
     seed: int = 0
+    compile: int = 0  # 1: also time kldiv's compiled chain
 
 
 # ----------------------------------------------------------------------------------------
@@ -95,9 +105,9 @@ class ConvLogDensity(nn.Module):
 # ----------------------------------------------------------------------------------------
 # The two samplers
 # ----------------------------------------------------------------------------------------
-def run_kldiv(f, x0, steps, delta, seed):
+def run_kldiv(f, x0, steps, delta, seed, compile=False):
     g = torch.Generator(device=x0.device).manual_seed(seed)
-    return langevin_chain(x0, f, steps, delta, generator=g)
+    return langevin_chain(x0, f, steps, delta, generator=g, compile=compile)
 
 
 def make_torchebm(f, cfg: Config, dtype):
@@ -134,57 +144,61 @@ def sync(device: str):
 
 def bench(name: str, f: nn.Module, x0: torch.Tensor, cfg: Config) -> None:
     chains = x0.shape[0]
+    runs = {"kldiv": lambda: run_kldiv(f, x0, cfg.steps, cfg.step_size, cfg.seed)}
     ebm_run, why = make_torchebm(f, cfg, x0.dtype)
-    kl_run = lambda: run_kldiv(f, x0, cfg.steps, cfg.step_size, cfg.seed)  # noqa: E731
-
-    # warm-up, and the check that both computed the same chains
-    a = kl_run()
     if ebm_run is not None:
-        b = ebm_run(x0, cfg.steps, cfg.seed)
-        diff = (a - b).abs().max().item()
-        scale = a.abs().max().item()
-        same = diff <= 1e-3 * max(1.0, scale)
+        runs["torchebm"] = lambda: ebm_run(x0, cfg.steps, cfg.seed)
+    if cfg.compile:
+        runs["kldiv compiled"] = lambda: run_kldiv(f, x0, cfg.steps, cfg.step_size, cfg.seed, compile=True)
+
+    # warm-up (and compilation), and the check that every sampler computed the same chains
+    finals = {which: run() for which, run in runs.items()}
+    a = finals["kldiv"]
+    scale = max(1.0, a.abs().max().item())
+    diffs = {w: (b - a).abs().max().item() for w, b in finals.items() if w != "kldiv"}
     sync(cfg.device)
 
-    times = {"kldiv": [], "torchebm": []}
-    ratios = []
+    times = {w: [] for w in runs}
+    ratios = {w: [] for w in runs if w != "kldiv"}
     for r in range(cfg.repeats):
-        order = ["kldiv", "torchebm"] if r % 2 == 0 else ["torchebm", "kldiv"]
-        if ebm_run is None:
-            order = ["kldiv"]
+        order = list(runs) if r % 2 == 0 else list(runs)[::-1]
         took = {}
         for which in order:
             sync(cfg.device)
             t0 = time.perf_counter()
-            if which == "kldiv":
-                kl_run()
-            else:
-                ebm_run(x0, cfg.steps, cfg.seed)
+            runs[which]()
             sync(cfg.device)
             took[which] = time.perf_counter() - t0
             times[which].append(took[which])
-        if ebm_run is not None:
-            ratios.append(took["torchebm"] / took["kldiv"])
+        for which in ratios:
+            ratios[which].append(took[which] / took["kldiv"])
 
     work = chains * cfg.steps
     print(
         f"\n[{name}] {chains} chains x {cfg.steps} steps, {cfg.repeats} interleaved repeats, "
         f"device {cfg.device}, {torch.get_num_threads()} threads"
     )
-    for which in ("kldiv", "torchebm"):
-        if times[which]:
-            med = statistics.median(times[which])
-            print(f"  {which:9s} median {med * 1e3:9.1f} ms   {work / med:14,.0f} chain-steps/s")
+    for which, ts in times.items():
+        med = statistics.median(ts)
+        print(f"  {which:15s} median {med * 1e3:9.1f} ms   {work / med:14,.0f} chain-steps/s")
     if ebm_run is None:
         print(f"  torchebm  not timed: {why}")
-        return
-    print(f"  same chains: {'yes' if same else 'NO'} (max |difference| {diff:.2e})")
-    best = min(times["torchebm"]) / min(times["kldiv"])
-    print(f"  best-time ratio time(torchebm)/time(kldiv) = {best:.3f}")
-    print(
-        f"  median ratio time(torchebm)/time(kldiv) = {statistics.median(ratios):.3f}"
-        f"  (per repeat: {', '.join(f'{q:.2f}' for q in ratios)})"
-    )
+    for which, diff in diffs.items():
+        print(f"  same chains, {which} and kldiv: {'yes' if diff <= 1e-3 * scale else 'NO'} "
+              f"(max |difference| {diff:.2e})")
+    if "torchebm" in ratios:
+        best = min(times["torchebm"]) / min(times["kldiv"])
+        inv = [1 / q for q in ratios["torchebm"]]
+        print(f"  best-time ratio time(torchebm)/time(kldiv) = {best:.3f}")
+        print(f"  median ratio time(torchebm)/time(kldiv) = {statistics.median(inv):.3f}"
+              f"  (per repeat: {', '.join(f'{q:.2f}' for q in inv)})")
+    if "kldiv compiled" in ratios:
+        q = ratios["kldiv compiled"]
+        print(f"  median ratio time(kldiv compiled)/time(kldiv) = {statistics.median(q):.3f}"
+              f"  (per repeat: {', '.join(f'{v:.2f}' for v in q)})")
+        if "torchebm" in ratios:
+            vs = [e / c for e, c in zip(times["torchebm"], times["kldiv compiled"])]
+            print(f"  median ratio time(torchebm)/time(kldiv compiled) = {statistics.median(vs):.3f}")
 
 
 def main(cfg: Config) -> None:

@@ -191,6 +191,57 @@ def test_kernel_works_under_no_grad_and_over_several_variables():
     assert f.mu.grad is None
 
 
+def test_compiled_chain_is_the_eager_chain():
+    # two variables, one step size each, noise from a seeded generator, clipping and the diagnostics:
+    # the compiled step draws the same noise in the same order, so the chains agree to rounding
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+    pos = {"x": torch.randn(6, 2), "z": torch.randn(6, 1)}
+    log_p = lambda v: f(torch.cat([v["x"], v["z"]], 1))  # noqa: E731
+
+    def run(compile):
+        g = torch.Generator().manual_seed(3)
+        return langevin_chain(pos, log_p, 4, {"x": 0.1, "z": 0.3}, clip_grad=2.0, generator=g,
+                              info=True, compile=compile)
+
+    (eager, info_e), (compiled, info_c) = run(False), run(True)
+    assert not any(v.requires_grad for v in compiled.values())  # nothing tracks the energy's parameters
+    g = torch.Generator().manual_seed(3)
+    last = langevin_chain(pos, log_p, 4, {"x": 0.1, "z": 0.3}, clip_grad=2.0, generator=g, compile=True)
+    for k in ("x", "z"):  # without the diagnostics the last step is a move alone: the same chains
+        torch.testing.assert_close(last[k], eager[k], rtol=1e-5, atol=1e-5)
+    for k in ("x", "z"):
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(info_c.mean_log_density, info_e.mean_log_density, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(info_c.mean_grad_norm, info_e.mean_grad_norm, rtol=1e-5, atol=1e-5)
+    assert all(p.grad is None for p in f.parameters())
+
+
+def test_compiled_langevin_sampler_on_a_spectrally_normalised_energy():
+    # the sampler's compile flag, on an energy with torch's spectral-norm parametrisation in training
+    # mode (its power iteration runs at every call, in both) and a latent EBM's two variables
+    torch.manual_seed(0)
+    sn = nn.utils.parametrizations.spectral_norm
+    net = nn.Sequential(sn(nn.Linear(3, 8)), nn.LeakyReLU(0.1), sn(nn.Linear(8, 1)))
+    energy = lambda x, z: net(torch.cat([x, z], 1))  # noqa: E731
+    start = {"x": torch.randn(5, 2, dtype=torch.float32), "z": torch.randn(5, 1)}
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    out, vectors = {}, {}
+    for compile in (False, True):
+        net.load_state_dict(saved)  # both runs start from the same power-iteration vectors
+        sampler = Langevin(3, 0.2, generator=torch.Generator().manual_seed(1), compile=compile)
+        out[compile] = sampler._run(start, lambda v: energy(v["x"], v["z"]), None)
+        vectors[compile] = {k: v.clone() for k, v in net.state_dict().items() if k.endswith("_u")}
+    assert "compile=True" in repr(Langevin(3, 0.2, compile=True))
+    for k in ("x", "z"):
+        torch.testing.assert_close(out[True][k], out[False][k], rtol=1e-5, atol=1e-5)
+    for k, u in vectors[False].items():  # the power iteration ran in the compiled chain too
+        torch.testing.assert_close(vectors[True][k], u, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(vectors[True]["0.parametrizations.weight.0._u"], saved["0.parametrizations.weight.0._u"])
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        Langevin(3, 0.2, compile="yes")
+
+
 def test_gaussian_reference_gradient_ascent_reaches_the_mode():
     # f = -(x - 2)^2 / 2 with reference sigma = 1: log p has its mode at 1, curvature 2
     f = Quadratic([2.0], torch.eye(1, dtype=DT))

@@ -285,6 +285,47 @@ def langevin_step(
     return langevin_init(position, log_density)
 
 
+def _fused_step(
+    log_density: LogDensityFn,
+    keys: tuple[str, ...] | None,
+    xs: tuple[Tensor, ...],
+    gs: tuple[Tensor, ...],
+    eps: tuple[Tensor, ...] | None,
+    deltas: tuple[float, ...],
+    clip_grad: float | None,
+) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...]]:
+    # One move and the evaluation of its end point, as one function of the state: what
+    # `langevin_chain(compile=True)` hands to torch.compile.  The same arithmetic as
+    # langevin_move followed by langevin_init, with the gradient taken by torch.func.grad
+    # (which torch.compile traces) instead of torch.autograd.grad (which it cannot).
+    if clip_grad is not None:
+        gs = _clip(gs, clip_grad)
+    new = []
+    for i, (x, g, d) in enumerate(zip(xs, gs, deltas)):
+        moved = x + (0.5 * d * d) * g
+        new.append(moved if eps is None else moved + d * eps[i])
+    n = xs[0].shape[0]
+
+    def total(leaves):
+        logp = _per_sample(log_density(_rebuild(keys, leaves)), n, "the log density")
+        return logp.sum(), logp
+
+    grads, logp = torch.func.grad(total, has_aux=True)(tuple(new))
+    # detached: the gradient is a function of the energy's parameters, which no chain differentiates
+    return tuple(v.detach() for v in new), logp.detach(), tuple(g.detach() for g in grads)
+
+
+_compiled_step = None
+
+
+def _compiled() -> Callable:
+    # compiled once per process; torch.compile then caches a graph per energy network and shape
+    global _compiled_step
+    if _compiled_step is None:
+        _compiled_step = torch.compile(_fused_step, dynamic=False)
+    return _compiled_step
+
+
 def langevin_chain(
     position: Position,
     log_density: LogDensityFn,
@@ -296,6 +337,7 @@ def langevin_chain(
     generator: torch.Generator | None = None,
     callback: Callable[[int, LangevinState], None] | None = None,
     info: bool = False,
+    compile: bool = False,
 ) -> Position | tuple[Position, LangevinInfo]:
     r"""Run ``steps`` Langevin steps from ``position`` and return the final positions.
 
@@ -317,6 +359,14 @@ def langevin_chain(
             mean log density and mean gradient norm of the chains after each of
             ``t = 0, ..., steps`` steps, from the states the chain evaluates
             anyway, plus one evaluation of the final state.
+        compile: run each step (the move, then the log density and its gradient
+            at the new position) as one ``torch.compile``d function of the state.
+            The noise is drawn outside it, from the same ``generator`` in the same
+            order, so the chains are the eager ones to rounding.  The first call
+            for an energy network compiles (seconds); later calls with the same
+            network, shapes and step size reuse the graph.  Whether it is faster
+            depends on the device and the network: `benchmarks/langevin.py
+            --compile` measures it.
 
     Returns:
         The positions after $T$ steps (detached), with the structure of ``position``;
@@ -342,11 +392,25 @@ def langevin_chain(
 
     state = langevin_init(position, log_density)
     observe(0, state)
+    if compile:
+        keys, _ = _leaves(position)
+        deltas = _step_sizes(step_size, keys)
+        fused = _compiled()
+        clip = None if clip_grad is None else float(clip_grad)
     for t in range(1, steps + 1):
-        position = langevin_move(state, step_size, noise=noise, clip_grad=clip_grad, generator=generator)
         if t == steps and not evaluate_last:
-            return position
-        state = langevin_init(position, log_density)
+            return langevin_move(state, step_size, noise=noise, clip_grad=clip_grad, generator=generator)
+        if not compile:
+            position = langevin_move(state, step_size, noise=noise, clip_grad=clip_grad, generator=generator)
+            state = langevin_init(position, log_density)
+        else:
+            _, xs = _leaves(state.position)
+            _, gs = _leaves(state.grad)
+            eps = None
+            if noise:  # drawn here, as langevin_move draws them, so the stream is the eager one
+                eps = tuple(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) for x in xs)
+            new, logp, grads = fused(log_density, keys, xs, gs, eps, deltas, clip)
+            state = LangevinState(_rebuild(keys, new), logp, _rebuild(keys, grads))
         observe(t, state)
     if info:
         return state.position, LangevinInfo(torch.stack(means), torch.stack(norms))

@@ -71,6 +71,9 @@ class Langevin(Sampler):
             needs ``{"z": ...}``).
         generator: the ``torch.Generator`` of the noise (default: torch's global one).
         callback: ``callback(t, state)`` after every step ``t = 0..T``, for diagnostics.
+        compile: run each step as one ``torch.compile``d function of the chains'
+            state (see [`langevin_chain`][kldiv.samplers.langevin_chain]); the
+            chains are the eager ones to rounding.
 
     References:
         Welling & Teh, *Bayesian Learning via Stochastic Gradient Langevin
@@ -102,6 +105,7 @@ class Langevin(Sampler):
         shape: int | tuple[int, ...] | Mapping[str, int | tuple[int, ...]] | None = None,
         generator: torch.Generator | None = None,
         callback: Callable[[int, LangevinState], None] | None = None,
+        compile: bool = False,
     ):
         if int(steps) < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
@@ -122,11 +126,15 @@ class Langevin(Sampler):
         self.clip_grad = None if clip_grad is None else float(clip_grad)
         self.generator = generator
         self.callback = callback
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, got {compile!r}")
+        self.compile = compile
 
     def __repr__(self) -> str:
         extra = "" if self.noise else ", noise=False"
         extra += "" if self.sigma_ref is None else f", sigma_ref={self.sigma_ref:g}"
         extra += "" if self.clip_grad is None else f", clip_grad={self.clip_grad:g}"
+        extra += ", compile=True" if self.compile else ""
         return f"Langevin({self.steps}, {self.step_size}, init={self.init!r}{extra})"
 
     def sources(self) -> tuple[Density, ...]:
@@ -145,6 +153,7 @@ class Langevin(Sampler):
             clip_grad=self.clip_grad,
             generator=self.generator,
             callback=callback,
+            compile=self.compile,
         )
 
     def sample(self, density: Density, ev: Evaluator, n: int) -> Samples:
@@ -196,4 +205,5 @@ class Langevin(Sampler):
             clip_grad=self.clip_grad,
             generator=self.generator,
             callback=callback,
+            compile=self.compile,
         ).detach()
