@@ -468,13 +468,15 @@ class EnergyXZ(nn.Module):
     $z$-branch is two linear layers; all activations are LeakyReLU(0.1) and,
     with ``spectral_norm=True``, every layer is spectrally normalised
     (Miyato et al. 2018).  The network returns $f = -\operatorname{softplus}(h)$,
-    the log unnormalised density of [`LatentEBM`][kldiv.LatentEBM].
+    the log unnormalised density of [`LatentEBM`][kldiv.LatentEBM] (energy
+    $\ge 0$, as the authors' code); ``bounded=False`` returns $f = h$.
 
     Arguments:
         image_shape: ``(C, H, W)`` with $H = W$.
         latent_dim: the dimension $d$ of $z$.
         width: the channel width $w$ of the first convolution.
         spectral_norm: spectrally normalise every layer.
+        bounded: return $-\operatorname{softplus}(h)$ (energy $\ge 0$) rather than $h$.
         hidden: features of each branch and of the joint layer
             (default: the channels of the top convolution, $2^{k-1} w$).
         init_std: standard deviation of [`init_weights`][kldiv.nn.init_weights];
@@ -489,6 +491,7 @@ class EnergyXZ(nn.Module):
         width: int = 64,
         spectral_norm: bool = True,
         *,
+        bounded: bool = True,
         hidden: int | None = None,
         init_std: float | None = 0.02,
     ):
@@ -496,6 +499,7 @@ class EnergyXZ(nn.Module):
         c, _, k, s0 = _size_plan(image_shape)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.latent_dim = int(latent_dim)
+        self.bounded = bool(bounded)
         trunk, ch = _conv_trunk(c, k, width, batch_norm=False, slope=0.1)
         hidden = ch if hidden is None else int(hidden)
         self.x_branch = nn.Sequential(trunk, nn.Conv2d(ch, hidden, s0, 1, 0), nn.LeakyReLU(0.1))
@@ -516,12 +520,13 @@ class EnergyXZ(nn.Module):
             z: latent vectors of shape ``(n, d)``.
 
         Returns:
-            $f(x, z) = -\operatorname{softplus}(h_\alpha(x, z))$, shape ``(n,)``.
+            $f(x, z) = -\operatorname{softplus}(h_\alpha(x, z))$ (or $h_\alpha(x, z)$ when not
+            ``bounded``), shape ``(n,)``.
         """
         u = rearrange(self.x_branch(x), "n h 1 1 -> n h")  # (n, hidden)
         v = self.z_branch(z)  # (n, hidden)
-        h = self.joint(torch.cat([u, v], dim=1))  # (n, 1)
-        return _neg_softplus(rearrange(h, "n 1 -> n"))
+        h = rearrange(self.joint(torch.cat([u, v], dim=1)), "n 1 -> n")
+        return _neg_softplus(h) if self.bounded else h
 
 
 class MLPGenerator(nn.Module):

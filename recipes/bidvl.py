@@ -78,6 +78,7 @@ class Config(RunConfig):
     weight_decay: float = option(1e-4, "weight decay of the encoder and the decoder")
     decay: float = option(0.998, "learning-rate decay per epoch")
     spectral_norm: bool = option(True, "spectral normalisation in the energy network")
+    bounded: bool = option(True, "cap f <= 0 with -softplus, as the code (energy >= 0); off: the raw scalar")
 
 
 PRESETS = {
@@ -90,7 +91,8 @@ def networks(cfg: Config, shape: tuple[int, ...]) -> dict:
     return {
         "generator": ("kldiv.nn.Generator", dict(latent_dim=cfg.latent_dim, image_shape=shape, width=cfg.width)),
         "encoder": ("kldiv.nn.GaussianEncoder", dict(image_shape=shape, latent_dim=cfg.latent_dim, width=cfg.width)),
-        "energy": ("kldiv.nn.EnergyX", dict(image_shape=shape, width=cfg.width, spectral_norm=cfg.spectral_norm)),
+        "energy": ("kldiv.nn.EnergyX", dict(image_shape=shape, width=cfg.width, spectral_norm=cfg.spectral_norm,
+                                            bounded=cfg.bounded)),
     }
 
 

@@ -34,7 +34,10 @@ code's reconstruction loss is the summed squared error with weight 1: a
 Gaussian decoder with sigma^2 = 1/2, the default ``--sigma``.  Its encoder
 KL is the Monte Carlo one, log q(z|x) cancelling against -KL(q || pi), which
 is what the algebra derives for eq. 15.  The code's generator and encoder
-have width 48 (``--width`` sets all three networks).  On the embedded digits a CPU preset
+have width 48 (``--width`` sets all three networks).  The code's energy is
+capped, f = -softplus(h) <= 0; ``--no-bounded`` uses the raw scalar f = h,
+which on MNIST separates noise and constant images from the digits where the
+capped energy does not (docs/tutorials/results.md).  On the embedded digits a CPU preset
 (`PRESETS` below) makes the networks small so the run takes minutes.
 """
 
@@ -67,6 +70,7 @@ class Config(RunConfig):
     weight_decay: float = option(1e-4, "weight decay of the generator and the encoder")
     decay: float = option(0.998, "learning-rate decay per epoch")
     spectral_norm: bool = option(True, "spectral normalisation in the energy network")
+    bounded: bool = option(True, "cap f <= 0 with -softplus, as the code (energy >= 0); off: the raw scalar")
     synthesis: str = option("mean", "synthesised x for the EBM and the generator: g(z), as the paper (4.6), "
                             "or a sample of p(x|z), g(z) + sigma eps", choices=("mean", "sample"))
 
@@ -87,7 +91,7 @@ def networks(cfg: Config, shape: tuple[int, ...]) -> dict:
         "generator": ("kldiv.nn.Generator", dict(latent_dim=cfg.latent_dim, image_shape=shape, width=cfg.width)),
         "encoder": ("kldiv.nn.GaussianEncoder", dict(image_shape=shape, latent_dim=cfg.latent_dim, width=cfg.width)),
         "energy": ("kldiv.nn.EnergyXZ", dict(image_shape=shape, latent_dim=cfg.latent_dim, width=cfg.width,
-                                             spectral_norm=cfg.spectral_norm)),
+                                             spectral_norm=cfg.spectral_norm, bounded=cfg.bounded)),
     }
 
 

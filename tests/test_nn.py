@@ -73,6 +73,21 @@ def test_energies_return_one_number_per_sample(shape, sn):
         assert (f <= 0).all()  # f = -softplus(h), the energy softplus(h) is non-negative
 
 
+@pytest.mark.parametrize("cls", [EnergyX, EnergyXZ])
+def test_unbounded_energies_return_the_raw_scalar(cls):
+    # bounded=False gives h itself, the network whose -softplus(h) the bounded one returns
+    shape, x, z = SHAPES[0], torch.rand(N, *SHAPES[0]) * 2 - 1, torch.randn(N, D)
+    args = (shape,) if cls is EnergyX else (shape, D)
+    inputs = (x,) if cls is EnergyX else (x, z)
+    torch.manual_seed(0)
+    bounded = cls(*args, width=WIDTH, spectral_norm=False)
+    torch.manual_seed(0)
+    raw = cls(*args, width=WIDTH, spectral_norm=False, bounded=False)
+    h = raw(*inputs)
+    torch.testing.assert_close(bounded(*inputs), -torch.nn.functional.softplus(h))
+    assert h.shape == (N,)
+
+
 @pytest.mark.parametrize("bad", [(1, 30, 30), (1, 28, 32), (3, 12, 12), (32, 32)])
 def test_unsupported_image_shapes_are_refused(bad):
     with pytest.raises(ValueError):

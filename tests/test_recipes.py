@@ -13,13 +13,13 @@ TINY = ["--image-size", "8", "--latent-dim", "4", "--width", "4", "--batch-size"
 
 CASES = [
     ("latent_ebm", []),
-    ("latent_ebm", ["--inference", "kl-plus", "--schedule", "simultaneous"]),
+    ("latent_ebm", ["--inference", "kl-plus", "--schedule", "simultaneous", "--no-bounded"]),
     ("triangle", []),
     ("triangle", ["--schedule", "simultaneous", "--sleep-weight", "1"]),
     ("triangle", ["--compile"]),  # every network compiled (no spectral norm here)
     ("latent_ebm", ["--compile", "--amp", "bf16"]),  # every network compiled, the spectrally normalised energy too
     ("bidvl", []),
-    ("bidvl", ["--no-offset", "--lower-steps", "2"]),
+    ("bidvl", ["--no-offset", "--lower-steps", "2", "--no-bounded"]),
     ("bidvl", ["--no-offset", "--encoder-upper", "prior"]),
     ("mcmc_teaching", ["--langevin-steps", "3"]),
     ("mcmc_teaching", ["--langevin-steps", "3", "--noise", "--sigma-ref", "0"]),
@@ -47,6 +47,8 @@ def test_recipe_runs_end_to_end(recipe, extra, tmp_path, device):
         net.load_state_dict(state["networks"][name])
     x = torch.zeros(2, 4)
     assert nets["generator"](x).shape == (2, 1, 8, 8)
+    if "--no-bounded" in extra:  # the raw scalar f = h, recorded in the checkpoint's architecture
+        assert nets["energy"].bounded is False
 
 
 def test_mcmc_teaching_stays_bounded_on_the_digits(tmp_path):
