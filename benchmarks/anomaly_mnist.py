@@ -44,6 +44,7 @@ import argparse
 import contextlib
 import json
 import math
+import shlex
 import statistics
 import sys
 import time
@@ -197,7 +198,7 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--ema", type=float, default=0.0,
                     help="also score the moving average of the weights with this decay (0: off)")
-    ap.add_argument("--recipe-args", default="", help='further options for every recipe, e.g. "--sigma 0.3"')
+    ap.add_argument("--recipe-args", default="", help='further options for every recipe, e.g. --recipe-args="--sigma 0.3"')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-images", type=int, default=0, help="score only this many test images (0: all)")
     ap.add_argument("--data-root", default=str(DATA_ROOT))
@@ -217,7 +218,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     settings = settings_of(args)
     # every result in the table was run with these settings, whichever digits and models each invocation took
-    flags = [f"--{k.replace('_', '-')} {v if k != 'recipe_args' else repr(v)}"
+    # (--recipe-args=... with "=", since its value starts with "--")
+    flags = [f"--{k.replace('_', '-')} {v}" if k != "recipe_args" else f"--recipe-args={shlex.quote(v)}"
              for k, v in settings.items() if v != ap.get_default(k)]
     command = " ".join(["python benchmarks/anomaly_mnist.py", *flags])
     if not args.table_only:
