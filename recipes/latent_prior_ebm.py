@@ -91,9 +91,10 @@ def networks(cfg: Config, shape: tuple[int, ...]) -> dict:
 
 
 def prior_sampler(cfg: Config, generator: torch.Generator | None = None) -> Langevin:
-    """Short-run Langevin on z from N(0, I), with noise (the paper's prior sampler)."""
+    """Short-run Langevin on z from N(0, I), with noise (the paper's prior sampler); with
+    ``--compile``, each of its steps is one compiled function of the chains' state."""
     return Langevin(cfg.prior_steps, cfg.prior_step_size, generator=generator,
-                    init=NoiseStart("normal", shape={"z": (cfg.latent_dim,)}))
+                    init=NoiseStart("normal", shape={"z": (cfg.latent_dim,)}), compile=bool(cfg.compile))
 
 
 def game(cfg: Config, G, I, F):

@@ -68,3 +68,10 @@ def test_mcmc_teaching_stays_bounded_on_the_digits(tmp_path):
     pi = run.estimator.game["ebm"].named[0]
     x = run.estimator.round(torch.zeros(64, 1, 16, 16)).samples(pi)["x"]
     assert x.flatten(1).std(0).mean() > 0.1  # the chains do not end at one image
+
+
+def test_latent_prior_recipe_compiles_its_prior_chain_with_the_networks():
+    # --compile compiles the prior's Langevin chain too (the chain itself is tested in test_samplers)
+    recipe = load_recipe("latent_prior_ebm")
+    assert recipe.prior_sampler(recipe.Config(compile=True)).compile is True
+    assert recipe.prior_sampler(recipe.Config()).compile is False
