@@ -232,18 +232,32 @@ def langevin_move(
     """
     keys, xs = _leaves(state.position)
     _, gs = _leaves(state.grad)
-    if clip_grad is not None:
-        gs = _clip(gs, float(clip_grad))
-    deltas = _step_sizes(step_size, keys)
-    out = []
+    eps = _noise(xs, generator) if noise else None
     with torch.no_grad():
-        for x, g, d in zip(xs, gs, deltas):
-            new = torch.add(x, g, alpha=0.5 * d * d)
-            if noise:
-                eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                new.add_(eps, alpha=d)
-            out.append(new)
+        out = _moved(xs, gs, _step_sizes(step_size, keys), eps, None if clip_grad is None else float(clip_grad))
     return _rebuild(keys, out)
+
+
+def _noise(xs: tuple[Tensor, ...], generator: torch.Generator | None) -> tuple[Tensor, ...]:
+    # the Langevin noise, one draw per variable in the position's order: the stream a chain consumes
+    return tuple(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) for x in xs)
+
+
+def _moved(
+    xs: tuple[Tensor, ...],
+    gs: tuple[Tensor, ...],
+    deltas: tuple[float, ...],
+    eps: tuple[Tensor, ...] | None,
+    clip_grad: float | None,
+) -> tuple[Tensor, ...]:
+    # v' = v + (d^2 / 2) grad + d eps per variable: the move of langevin_move and of the compiled step
+    if clip_grad is not None:
+        gs = _clip(gs, clip_grad)
+    out = []
+    for i, (x, g, d) in enumerate(zip(xs, gs, deltas)):
+        new = torch.add(x, g, alpha=0.5 * d * d)
+        out.append(new if eps is None else new.add(eps[i], alpha=d))
+    return tuple(out)
 
 
 def langevin_step(
@@ -298,19 +312,14 @@ def _fused_step(
     # `langevin_chain(compile=True)` hands to torch.compile.  The same arithmetic as
     # langevin_move followed by langevin_init, with the gradient taken by torch.func.grad
     # (which torch.compile traces) instead of torch.autograd.grad (which it cannot).
-    if clip_grad is not None:
-        gs = _clip(gs, clip_grad)
-    new = []
-    for i, (x, g, d) in enumerate(zip(xs, gs, deltas)):
-        moved = x + (0.5 * d * d) * g
-        new.append(moved if eps is None else moved + d * eps[i])
+    new = _moved(xs, gs, deltas, eps, clip_grad)
     n = xs[0].shape[0]
 
     def total(leaves):
         logp = _per_sample(log_density(_rebuild(keys, leaves)), n, "the log density")
         return logp.sum(), logp
 
-    grads, logp = torch.func.grad(total, has_aux=True)(tuple(new))
+    grads, logp = torch.func.grad(total, has_aux=True)(new)
     # detached: the gradient is a function of the energy's parameters, which no chain differentiates
     return tuple(v.detach() for v in new), logp.detach(), tuple(g.detach() for g in grads)
 
@@ -406,9 +415,7 @@ def langevin_chain(
         else:
             _, xs = _leaves(state.position)
             _, gs = _leaves(state.grad)
-            eps = None
-            if noise:  # drawn here, as langevin_move draws them, so the stream is the eager one
-                eps = tuple(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) for x in xs)
+            eps = _noise(xs, generator) if noise else None  # outside the compiled step: the eager stream
             new, logp, grads = fused(log_density, keys, xs, gs, eps, deltas, clip)
             state = LangevinState(_rebuild(keys, new), logp, _rebuild(keys, grads))
         observe(t, state)

@@ -116,6 +116,8 @@ class Langevin(Sampler):
             raise ValueError(f"sigma_ref must be positive, got {sigma_ref!r}")
         if clip_grad is not None and not float(clip_grad) > 0:
             raise ValueError(f"clip_grad must be positive, got {clip_grad!r}")
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, got {compile!r}")
         if shape is not None and not isinstance(init, str):
             raise ValueError("shape is for a start given by name; give it to the Start object instead")
         self.steps = int(steps)
@@ -126,8 +128,6 @@ class Langevin(Sampler):
         self.clip_grad = None if clip_grad is None else float(clip_grad)
         self.generator = generator
         self.callback = callback
-        if not isinstance(compile, bool):
-            raise TypeError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
 
     def __repr__(self) -> str:
