@@ -59,24 +59,24 @@ from kldiv.train import Run, RunConfig, build_networks, option, parse_config
 class Config(RunConfig):
     """Bi-level doubly variational learning (Kan et al. 2022)."""
 
-    latent_dim: int = option(100, "dimension of h")
-    width: int = option(64, "DCGAN channel width of every network")
-    sigma: float = option(math.sqrt(0.5), "observation noise of p(v|h) (the code's squared error: 1/sqrt 2)")
+    latent_dim: int = option(100, "dimension of h", at_least=1)
+    width: int = option(64, "DCGAN channel width of every network", at_least=1)
+    sigma: float = option(math.sqrt(0.5), "observation noise of p(v|h) (the code's squared error: 1/sqrt 2)", above=0)
     latent_term: str = option("code", "the generator's latent term of KL(P || Pi): the code's frozen "
                               "encoder mean (with --offset, as the code), or the paper's -log q(h|v)",
                               choices=("code", "paper"))
-    ratio: float = option(0.05, "the constant importance ratio r' of eq. 15")
-    lower_steps: int = option(1, "lower-level steps N per upper-level step")
+    ratio: float = option(0.05, "the constant importance ratio r' of eq. 15", above=0)
+    lower_steps: int = option(1, "lower-level steps N per upper-level step", at_least=1)
     offset: bool = option(True, "offset the opposite inference terms (eqs. 13-14)")
     encoder_upper: str = option("kl", "without offset: the upper-level inference term of eq. 12 "
                                 "or KL(q(h|v) || p(h)) on generated v (§4.4)", choices=("kl", "prior"))
-    lr_ebm: float = option(1e-4, "learning rate of the EBM")
-    lr_gen: float = option(3e-4, "learning rate of the generator")
-    lr_enc: float = option(3e-4, "learning rate of the encoder")
-    beta1: float = option(0.0, "Adam beta1")
-    beta2: float = option(0.9, "Adam beta2")
-    weight_decay: float = option(1e-4, "weight decay of the encoder and the decoder")
-    decay: float = option(0.998, "learning-rate decay per epoch")
+    lr_ebm: float = option(1e-4, "learning rate of the EBM", above=0)
+    lr_gen: float = option(3e-4, "learning rate of the generator", above=0)
+    lr_enc: float = option(3e-4, "learning rate of the encoder", above=0)
+    beta1: float = option(0.0, "Adam beta1", at_least=0, below=1)
+    beta2: float = option(0.9, "Adam beta2", at_least=0, below=1)
+    weight_decay: float = option(1e-4, "weight decay of the encoder and the decoder", at_least=0)
+    decay: float = option(0.998, "learning-rate decay per epoch", above=0, at_most=1)
     spectral_norm: bool = option(True, "spectral normalisation in the energy network")
     bounded: bool = option(True, "cap f <= 0 with -softplus, as the code (energy >= 0); off: the raw scalar")
 

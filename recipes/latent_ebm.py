@@ -56,19 +56,19 @@ from kldiv.train import Run, RunConfig, build_networks, option, parse_config
 class Config(RunConfig):
     """Joint training of a VAE and a latent EBM (Han et al. 2020)."""
 
-    latent_dim: int = option(100, "dimension of z")
-    width: int = option(64, "DCGAN channel width of every network")
-    sigma: float = option(math.sqrt(0.5), "observation noise of p(x|z) (the code's squared error: 1/sqrt 2)")
+    latent_dim: int = option(100, "dimension of z", at_least=1)
+    width: int = option(64, "DCGAN channel width of every network", at_least=1)
+    sigma: float = option(math.sqrt(0.5), "observation noise of p(x|z) (the code's squared error: 1/sqrt 2)", above=0)
     inference: str = option("kl-minus", "encoder objective: eq. 15 or eq. 17", choices=("kl-minus", "kl-plus"))
     schedule: str = option("sequential", "Algorithm 1 order, or one shared evaluation",
                            choices=("sequential", "simultaneous"))
-    lr_ebm: float = option(1e-4, "learning rate of the EBM")
-    lr_gen: float = option(3e-4, "learning rate of the generator")
-    lr_enc: float = option(3e-4, "learning rate of the encoder")
-    beta1: float = option(0.0, "Adam beta1")
-    beta2: float = option(0.9, "Adam beta2")
-    weight_decay: float = option(1e-4, "weight decay of the generator and the encoder")
-    decay: float = option(0.998, "learning-rate decay per epoch")
+    lr_ebm: float = option(1e-4, "learning rate of the EBM", above=0)
+    lr_gen: float = option(3e-4, "learning rate of the generator", above=0)
+    lr_enc: float = option(3e-4, "learning rate of the encoder", above=0)
+    beta1: float = option(0.0, "Adam beta1", at_least=0, below=1)
+    beta2: float = option(0.9, "Adam beta2", at_least=0, below=1)
+    weight_decay: float = option(1e-4, "weight decay of the generator and the encoder", at_least=0)
+    decay: float = option(0.998, "learning-rate decay per epoch", above=0, at_most=1)
     spectral_norm: bool = option(True, "spectral normalisation in the energy network")
     bounded: bool = option(True, "cap f <= 0 with -softplus, as the code (energy >= 0); off: the raw scalar")
     synthesis: str = option("mean", "synthesised x for the EBM and the generator: g(z), as the paper (4.6), "

@@ -59,18 +59,18 @@ from kldiv.train import Run, RunConfig, build_networks, option, parse_config
 class Config(RunConfig):
     """A generator with a latent-space EBM prior (Pang et al. 2020), trained with an encoder."""
 
-    latent_dim: int = option(100, "dimension of z")
-    width: int = option(64, "DCGAN channel width of the generator and the encoder")
-    prior_width: int = option(200, "hidden width of the prior's energy MLP (two hidden layers)")
-    sigma: float = option(0.3, "observation noise of p(x|z)")
-    prior_steps: int = option(60, "Langevin steps of the prior sampler")
-    prior_step_size: float = option(0.4, "Langevin step size of the prior sampler")
-    lr_prior: float = option(2e-5, "learning rate of the prior's energy")
-    lr_gen: float = option(1e-4, "learning rate of the generator")
-    lr_enc: float = option(1e-4, "learning rate of the encoder")
-    beta1: float = option(0.5, "Adam beta1")
-    beta2: float = option(0.999, "Adam beta2")
-    decay: float = option(0.998, "learning-rate decay per epoch")
+    latent_dim: int = option(100, "dimension of z", at_least=1)
+    width: int = option(64, "DCGAN channel width of the generator and the encoder", at_least=1)
+    prior_width: int = option(200, "hidden width of the prior's energy MLP (two hidden layers)", at_least=1)
+    sigma: float = option(0.3, "observation noise of p(x|z)", above=0)
+    prior_steps: int = option(60, "Langevin steps of the prior sampler", at_least=1)
+    prior_step_size: float = option(0.4, "Langevin step size of the prior sampler", above=0)
+    lr_prior: float = option(2e-5, "learning rate of the prior's energy", above=0)
+    lr_gen: float = option(1e-4, "learning rate of the generator", above=0)
+    lr_enc: float = option(1e-4, "learning rate of the encoder", above=0)
+    beta1: float = option(0.5, "Adam beta1", at_least=0, below=1)
+    beta2: float = option(0.999, "Adam beta2", at_least=0, below=1)
+    decay: float = option(0.998, "learning-rate decay per epoch", above=0, at_most=1)
 
 
 PRESETS = {

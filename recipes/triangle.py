@@ -55,20 +55,21 @@ from kldiv.train import Run, RunConfig, build_networks, option, parse_config
 class Config(RunConfig):
     """The divergence triangle (Han et al. 2019)."""
 
-    latent_dim: int = option(100, "dimension of z")
-    width: int = option(64, "DCGAN channel width of every network")
-    sigma: float = option(math.sqrt(0.5), "observation noise of p(x|z) (the code's squared error: 1/sqrt 2)")
+    latent_dim: int = option(100, "dimension of z", at_least=1)
+    width: int = option(64, "DCGAN channel width of every network", at_least=1)
+    sigma: float = option(math.sqrt(0.5), "observation noise of p(x|z) (the code's squared error: 1/sqrt 2)", above=0)
     kl_reduction: str = option("mean", "the encoder KL per latent dimension (the code) or summed (the paper)",
                                choices=("mean", "sum"))
-    sleep_weight: float = option(0.1, "weight of the sleep term E_P[-log q(z|x)] (the code: 0.1, the paper: 1)")
+    sleep_weight: float = option(0.1, "weight of the sleep term E_P[-log q(z|x)] (the code: 0.1, the paper: 1)",
+                                 at_least=0)
     schedule: str = option("sequential", "update order", choices=("sequential", "simultaneous"))
-    lr_ebm: float = option(1e-4, "learning rate of the EBM")
-    lr_gen: float = option(3e-4, "learning rate of the generator")
-    lr_enc: float = option(3e-4, "learning rate of the encoder")
-    beta1: float = option(0.5, "Adam beta1")
-    beta2: float = option(0.999, "Adam beta2")
-    weight_decay: float = option(5e-4, "weight decay of the generator (the code: 5e-4)")
-    decay: float = option(0.998, "learning-rate decay per epoch")
+    lr_ebm: float = option(1e-4, "learning rate of the EBM", above=0)
+    lr_gen: float = option(3e-4, "learning rate of the generator", above=0)
+    lr_enc: float = option(3e-4, "learning rate of the encoder", above=0)
+    beta1: float = option(0.5, "Adam beta1", at_least=0, below=1)
+    beta2: float = option(0.999, "Adam beta2", at_least=0, below=1)
+    weight_decay: float = option(5e-4, "weight decay of the generator (the code: 5e-4)", at_least=0)
+    decay: float = option(0.998, "learning-rate decay per epoch", above=0, at_most=1)
     clip_grad: float = option(100.0, "clip every player's gradient norm at this value (the code: 100; 0: off)")
     spectral_norm: bool = option(False, "spectral normalisation in the energy network (the code: none)")
     bounded: bool = option(False, "cap f <= 0 with -softplus (the code: a raw scalar)")

@@ -41,15 +41,15 @@ from kldiv.train import Run, RunConfig, build_networks, option, parse_config
 class Config(RunConfig):
     """A variational auto-encoder, KL(q || p)."""
 
-    latent_dim: int = option(100, "dimension of z")
-    width: int = option(64, "DCGAN channel width of both networks")
-    sigma: float = option(math.sqrt(0.5), "observation noise of p(x|z)")
-    kl_weight: float = option(1.0, "weight beta of the z-factor of KL(q || p) (1: the plain VAE)")
-    lr: float = option(3e-4, "learning rate of the generator and the encoder")
-    beta1: float = option(0.0, "Adam beta1")
-    beta2: float = option(0.9, "Adam beta2")
-    weight_decay: float = option(1e-4, "weight decay of the generator and the encoder")
-    decay: float = option(0.998, "learning-rate decay per epoch")
+    latent_dim: int = option(100, "dimension of z", at_least=1)
+    width: int = option(64, "DCGAN channel width of both networks", at_least=1)
+    sigma: float = option(math.sqrt(0.5), "observation noise of p(x|z)", above=0)
+    kl_weight: float = option(1.0, "weight beta of the z-factor of KL(q || p) (1: the plain VAE)", at_least=0)
+    lr: float = option(3e-4, "learning rate of the generator and the encoder", above=0)
+    beta1: float = option(0.0, "Adam beta1", at_least=0, below=1)
+    beta2: float = option(0.9, "Adam beta2", at_least=0, below=1)
+    weight_decay: float = option(1e-4, "weight decay of the generator and the encoder", at_least=0)
+    decay: float = option(0.998, "learning-rate decay per epoch", above=0, at_most=1)
 
 
 PRESETS = {

@@ -246,6 +246,11 @@ COMMAND_LINES = {
     "nan loss bound": (["--max-loss", "nan"], "--max-loss must be a finite number >= 0"),
     "ema decay of 1.5": (["--ema", "1.5"], "--ema is the decay of the moving average"),
     "hold-out -2": (["--hold-out", "-2"], "--hold-out must be an integer >= -1"),
+    "negative sigma": (["--sigma", "-1"], "--sigma must be a finite number > 0, got -1.0"),
+    "width 0": (["--width", "0"], "--width must be an integer >= 1, got 0"),
+    "a negative learning rate": (["--lr-ebm", "-0.0001"], "--lr-ebm must be a finite number > 0"),
+    "Adam beta1 of 1": (["--beta1", "1"], "--beta1 must be a finite number in [0, 1), got 1.0"),
+    "a learning-rate decay of 0": (["--decay", "0"], "--decay must be a finite number in (0, 1], got 0.0"),
     "an abbreviated flag": (["--step", "3"], "unrecognized arguments: --step"),
     "an unknown data set": (["--data", "imagenet"], "invalid choice: 'imagenet'"),
     "an unknown schedule": (["--schedule", "random"], "invalid choice: 'random'"),
@@ -260,6 +265,47 @@ def test_bad_command_lines_exit_with_the_flag_named_and_write_nothing(case, tmp_
     assert info.value.code == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def _outside(bounds, integer: bool) -> list:
+    """Values just outside an option's declared bounds, and a non-finite one for floats."""
+    at_least, above, at_most, below = bounds
+    step = 1 if integer else 1e-3
+    low = [at_least - step] if at_least is not None else [above] if above is not None else []
+    high = [at_most + step] if at_most is not None else [below] if below is not None else []
+    return low + high + ([] if integer else [math.nan, math.inf])
+
+
+def _inside(bounds):
+    """A value inside an option's declared bounds: a closed end, or one past an open one."""
+    at_least, above, at_most, below = bounds
+    if at_least is not None or at_most is not None:
+        return at_least if at_least is not None else at_most
+    if above is not None and below is not None:
+        return (above + below) / 2
+    return above + 1 if above is not None else below - 1
+
+
+@pytest.mark.parametrize("name", ["latent_ebm", "triangle", "bidvl", "mcmc_teaching", "latent_prior_ebm", "vae"])
+def test_every_bounded_option_of_every_recipe_is_refused_outside_its_range_by_name(name):
+    import dataclasses
+    import typing
+
+    from kldiv.train import parse_config
+
+    cls = load_recipe(name).Config
+    hints = typing.get_type_hints(cls)
+    bounded = [f for f in dataclasses.fields(cls) if "bounds" in f.metadata]
+    assert {"width", "latent_dim", "sigma", "beta1", "decay"} <= {f.name for f in bounded}
+    for f in bounded:
+        flag, integer = "--" + f.name.replace("_", "-"), hints[f.name] is int
+        for value in _outside(f.metadata["bounds"], integer):
+            with pytest.raises(SystemExit) as info:
+                parse_config(cls, [flag, str(value)])
+            assert info.value.code == 2, (name, flag, value)
+        with pytest.raises(ValueError, match=f"^{re.escape(flag)} must be"):
+            cls(**{f.name: _outside(f.metadata["bounds"], integer)[0]})
+        assert getattr(parse_config(cls, [flag, str(_inside(f.metadata["bounds"]))]), f.name) is not None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -201,7 +201,7 @@ def test_help_shows_the_values_a_preset_gives(capsys):
     with pytest.raises(SystemExit):
         load_recipe("latent_ebm").main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "dimension of z (default: 100; with --data digits: 16)" in text
+    assert "dimension of z (default: 100; with --data digits: 16; >= 1)" in text
 
 
 def test_config_files_set_options_and_the_command_line_overrides_them(tmp_path, capsys):

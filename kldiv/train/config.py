@@ -17,11 +17,62 @@ from pathlib import Path
 from torch import nn
 
 
-def option(default, help: str, **kw):
-    """A dataclass field with a command-line help text."""
+def option(default, help: str, *, at_least=None, above=None, at_most=None, below=None, **kw):
+    """A dataclass field with a command-line help text, and the range its value must lie in.
+
+    ``at_least``/``above`` and ``at_most``/``below`` bound the value (closed and
+    open ends); a config built with a value outside them, or a float that is not
+    finite, is refused with an error that names the flag (`RunConfig`). Other
+    keywords go to ``argparse`` (``choices``).
+
+    Examples:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class C(RunConfig):
+        ...     sigma: float = option(0.3, "observation noise", above=0)
+        >>> C(sigma=-1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: --sigma must be a finite number > 0, got -1.0
+    """
+    if at_least is not None and above is not None or at_most is not None and below is not None:
+        raise TypeError("give at most one lower bound (at_least or above) and one upper bound (at_most or below)")
+    bounds = (at_least, above, at_most, below)
+    meta = {"help": help, **kw}
+    if any(b is not None for b in bounds):
+        meta["bounds"] = bounds
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: default, metadata={"help": help, **kw})
-    return dataclasses.field(default=default, metadata={"help": help, **kw})
+        return dataclasses.field(default_factory=lambda: default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _bounds_text(bounds) -> str:
+    at_least, above, at_most, below = bounds
+    low = at_least if at_least is not None else above
+    high = at_most if at_most is not None else below
+    if low is not None and high is not None:
+        return f"in {'[' if at_least is not None else '('}{low}, {high}{']' if at_most is not None else ')'}"
+    if low is not None:
+        return f"{'>=' if at_least is not None else '>'} {low}"
+    return f"{'<=' if at_most is not None else '<'} {high}"
+
+
+def _check_bounds(cfg) -> None:
+    """Refuse a field's value outside the bounds its `option` declares, naming the flag."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        bounds = f.metadata.get("bounds")
+        if bounds is None:
+            continue
+        value, flag, integer = getattr(cfg, f.name), "--" + f.name.replace("_", "-"), hints.get(f.name) is int
+        kind = "an integer" if integer else "a finite number"
+        number = not isinstance(value, bool) and (isinstance(value, int) if integer else isinstance(value, (int, float)))
+        at_least, above, at_most, below = bounds
+        ok = number and math.isfinite(value) and (
+            (at_least is None or value >= at_least) and (above is None or value > above)
+            and (at_most is None or value <= at_most) and (below is None or value < below))
+        if not ok:
+            raise ValueError(f"{flag} must be {kind} {_bounds_text(bounds)}, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -73,6 +124,7 @@ class RunConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0 (0: off), got {value!r}")
         if not (0 <= self.ema < 1):
             raise ValueError(f"--ema is the decay of the moving average, in (0, 1) (0: off); got {self.ema!r}")
+        _check_bounds(self)
 
 
 def parse_config(cls: type, argv: list[str] | None = None, presets: Mapping[str, Mapping] | None = None):
@@ -92,11 +144,14 @@ def parse_config(cls: type, argv: list[str] | None = None, presets: Mapping[str,
         kind = hints[f.name]
         meta = dict(f.metadata)
         help_ = meta.pop("help", "")
+        bounds = meta.pop("bounds", None)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         # the value the run will use: the default, or a data set's preset
         shown = f"default: {default}" + "".join(
             f"; with --data {data}: {values[f.name]}" for data, values in (presets or {}).items() if f.name in values
         )
+        if bounds is not None:
+            shown += f"; {_bounds_text(bounds)}"
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=f"{help_} ({shown})")
