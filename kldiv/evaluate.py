@@ -68,12 +68,19 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 def load_run(run_dir: str | Path, *, device: str = "cpu", ema: bool = True) -> tuple[dict, dict, str]:
     """A run's checkpoint, its networks (in eval mode, on ``device``) and which weights they hold.
 
+    Arguments:
+        run_dir: the run's output directory (its ``checkpoint.pt``), or a checkpoint file
+            (one that ``--keep`` left, ``checkpoint-STEP.pt``).
+        device: where to put the networks.
+        ema: the moving average of the weights, when the run kept one.
+
     Returns:
         ``(state, networks, weights)``: the checkpoint dictionary, the rebuilt
         networks by name, and ``"last step"`` or ``"moving average (decay d)"``
         (with ``ema`` and a run that kept one, ``--ema``).
     """
-    state = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=device)
+    path = Path(run_dir)
+    state = load_checkpoint(path if path.is_file() else path / "checkpoint.pt", map_location=device)
     nets = build_networks({k: tuple(v) for k, v in state["architecture"].items()})
     averaged = ema and "ema" in state
     for name, net in nets.items():

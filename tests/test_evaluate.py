@@ -53,13 +53,22 @@ def test_anomaly_benchmark_trains_by_the_recipes_and_writes_its_table(tmp_path):
               "--data-root", str(SHARED)]
     module.main([*common, "--models", "latent-ebm", "latent-prior-ebm"])
     table = (tmp_path / "table.md").read_text()
-    assert "| 4 | 0.337 | 0.723 | 0.630 | 0.949 |" in table
+    assert "| 0.337 | 0.723 | 0.630 | 0.949 |" in table
+    assert "| 4 | 0.351 (0.097) | 0.200 (0.050) |" in table  # the digit's share of the test set, of MNIST
     assert "python benchmarks/anomaly_mnist.py --epochs 2 --average-last 2 --epoch-steps 3 --width 4" in table
     assert "latent EBM (2020), EMA (kldiv)" in table and "latent-space EBM prior (Pang 2020) (kldiv)" in table
     result = json.loads((tmp_path / "digit4.json").read_text())
     assert set(result) == {"latent-ebm", "latent-prior-ebm"}
     for r in result.values():
         assert len(r["auprc_per_epoch"]) == len(r["auprc_ema_per_epoch"]) == 2 and 0 < r["auprc"] <= 1
+        assert len(r["auprc_natural_per_epoch"]) == len(r["auprc_ema_natural_per_epoch"]) == 2
+    # each epoch's scores are kept, and its checkpoint: scoring them again gives the same AUPRCs
+    where = tmp_path / "digit4" / "latent-ebm"
+    assert len(list(where.glob("scores-epoch*.pt"))) == len(list(where.glob("checkpoint-*.pt"))) == 2
+    module.main([*common, "--models", "latent-ebm", "--rescore"])
+    again = json.loads((tmp_path / "digit4.json").read_text())["latent-ebm"]
+    for key in ("auprc", "auprc_natural", "auprc_ema", "auprc_ema_natural"):
+        assert again[f"{key}_per_epoch"] == pytest.approx(result["latent-ebm"][f"{key}_per_epoch"], abs=1e-6)
     # the recipe ran to epoch 1, then resumed for epoch 2: one run, six steps
     state = torch.load(tmp_path / "digit4" / "latent-ebm" / "checkpoint.pt", weights_only=True)
     assert state["step"] == 6 and state["config"]["hold_out"] == 4

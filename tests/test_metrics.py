@@ -147,6 +147,34 @@ def test_auprc_perfect_detector_is_one():
     assert anomaly_auprc(scores, labels) == pytest.approx(1.0)
 
 
+def test_auprc_at_a_share_is_the_auprc_of_test_sets_subsampled_to_that_share():
+    g = torch.Generator().manual_seed(0)
+    n, a = 3000, 2000
+    labels = torch.cat([torch.zeros(n), torch.ones(a)])
+    scores = torch.randn(n + a, generator=g) + 0.8 * labels
+    weighted = anomaly_auprc(scores, labels, anomaly_share=0.1)
+    subsampled = []
+    for _ in range(60):  # keep n/9 anomalies: one image in ten is an anomaly
+        idx = torch.cat([torch.arange(n), n + torch.randperm(a, generator=g)[: n // 9]])
+        subsampled.append(anomaly_auprc(scores[idx], labels[idx]))
+    mean, se = np.mean(subsampled), np.std(subsampled) / math.sqrt(len(subsampled))
+    assert abs(weighted - mean) < 4 * se + 2e-3
+    assert weighted < anomaly_auprc(scores, labels) - 0.2  # rarer anomalies: a smaller area
+    assert anomaly_auprc(scores, labels, anomaly_share=a / (n + a)) == pytest.approx(anomaly_auprc(scores, labels))
+
+
+def test_the_worst_auprc_is_one_minus_log_1_plus_k_over_k():
+    n, a = 4000, 1000  # every anomaly scored as more normal than every normal image
+    labels = np.r_[np.zeros(n), np.ones(a)]
+    scores = np.r_[np.arange(n) + a, np.arange(a)].astype(float)
+    k = a / n
+    assert anomaly_auprc(scores, labels) == pytest.approx(1 - math.log(1 + k) / k, abs=1e-3)
+    k = 0.1 / 0.9
+    assert anomaly_auprc(scores, labels, anomaly_share=0.1) == pytest.approx(1 - math.log(1 + k) / k, abs=1e-3)
+    with pytest.raises(ValueError, match="anomaly_share must be a fraction in"):
+        anomaly_auprc(scores, labels, anomaly_share=1.0)
+
+
 def test_auprc_rejects_bad_labels():
     with pytest.raises(ValueError, match="both classes"):
         anomaly_auprc([0.1, 0.2], [1, 1])
