@@ -34,6 +34,7 @@ chosen on the test set.
     python benchmarks/anomaly_mnist.py --ema 0.999          # and the moving average of the weights
     python benchmarks/anomaly_mnist.py --models latent-prior-ebm --ema 0.999   # add a model to the table
     python benchmarks/anomaly_mnist.py --rescore            # score the kept checkpoints again
+    python benchmarks/anomaly_mnist.py --shares             # how common each digit is, and the worst AUPRC
     python benchmarks/anomaly_mnist.py --width 64 --latent-dim 100 --epochs 100 --device cuda   # the paper's size
 
 The defaults are sized for two CPU cores: networks of width 16, z in R^16, 12
@@ -237,6 +238,22 @@ def worst_auprc(share: float) -> float:
     return 1 - math.log1p(k) / k
 
 
+def print_shares(args) -> str:
+    """How common each held-out digit is in the test set and in MNIST, what chance and the worst
+    score get there, beside the published AUPRCs."""
+    lines = ["| held-out digit | share of the test set (chance) | worst AUPRC there | share of MNIST (chance) "
+             "| worst AUPRC there | " + " | ".join(a for a, _ in ANCHORS) + " |",
+             "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in ANCHORS) + " |"]
+    for digit in args.digits:
+        test, mnist = shares(mnist_anomaly_split(args.data_root, digit, download=args.download))
+        published = " | ".join(f"{a.get(digit, math.nan):.3f}" for _, a in ANCHORS)
+        lines.append(f"| {digit} | {test:.3f} | {worst_auprc(test):.3f} | {mnist:.3f} | {worst_auprc(mnist):.3f} "
+                     f"| {published} |")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
 def table(results: dict, args, command: str) -> str:
     """The table of every digit and model in ``results``, beside the published numbers."""
     models = [m for m in MODELS if any(m in r for r in results.values())]
@@ -297,9 +314,14 @@ def main(argv=None):
     ap.add_argument("--rescore", action="store_true",
                     help="score the checkpoints each run kept of its last --average-last epochs again, update "
                          "its AUPRCs and rewrite table.md, training nothing")
+    ap.add_argument("--shares", action="store_true",
+                    help="print each digit's share of the test set and of MNIST, and the worst AUPRC at each, "
+                         "beside the published numbers, training nothing")
     args = ap.parse_args(argv)
     if args.plots_only:
         return replot(args)
+    if args.shares:
+        return print_shares(args)
     if not 1 <= args.average_last <= args.epochs:
         ap.error("--average-last must be between 1 and --epochs")
     out = Path(args.out)
