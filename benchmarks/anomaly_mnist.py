@@ -191,8 +191,8 @@ def rescore(args, settings: dict) -> None:
             where = out / f"digit{digit}" / model
             kept = sorted(where.glob("checkpoint-[0-9]*.pt"))[-args.average_last:]
             if len(kept) < args.average_last:
-                raise SystemExit(f"{where} keeps {len(kept)} checkpoints, not the last {args.average_last} epochs' "
-                                 "(runs keep them since --keep was added to the recipes' arguments)")
+                raise SystemExit(f"{where} keeps {len(kept)} checkpoints (checkpoint-STEP.pt), fewer than the "
+                                 f"last {args.average_last} epochs'")
             per_epoch = []
             for i, ckpt in enumerate(kept):
                 epoch = args.epochs - args.average_last + 1 + i
@@ -202,7 +202,8 @@ def rescore(args, settings: dict) -> None:
                       + ", ".join(f"{k} {v:.3f}" for k, v in per_epoch[-1].items()), flush=True)
             results[model] = {**results[model], **summary(per_epoch),
                               **dict(zip(("share_test", "share_mnist"), shares(split)))}
-        f.write_text(json.dumps(results, indent=2))
+        if results:
+            f.write_text(json.dumps(results, indent=2))
 
 
 def replot(args) -> None:
