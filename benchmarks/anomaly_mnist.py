@@ -106,12 +106,6 @@ def plot(model: str, digit: int, s: torch.Tensor, labels: torch.Tensor, out: Pat
                            out / "score_histograms.png", in_name="normal test digits", xlabel="anomaly score")
 
 
-def shares(split) -> tuple[float, float]:
-    """The held-out digit's share of the test set, and of all of MNIST (the pool the split is cut from)."""
-    anomalies = int(split.test_labels.sum())
-    return anomalies / len(split.test), anomalies / (len(split.train) + len(split.test))
-
-
 def epoch_auprcs(scores: dict[str, torch.Tensor], labels: torch.Tensor, share: float) -> dict[str, float]:
     """One epoch's AUPRCs: on the test set as it is, and with the anomalies weighted to ``share`` of it."""
     out = {}
@@ -154,7 +148,7 @@ def train(model: str, split, args, out: Path) -> dict:
         *(["--download"] if args.download else []), *args.recipe_args.split(),
     ]
     x, labels = test_images(split, args.test_images)
-    share = shares(split)[1]
+    shares = dict(zip(("share_test", "share_mnist"), split.held_out_shares()))
     device = "cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     kinds = ("last", "ema") if args.ema else ("last",)
     per_epoch_auprcs = []
@@ -166,12 +160,12 @@ def train(model: str, split, args, out: Path) -> dict:
         with open(out / "log.txt", "a") as log, contextlib.redirect_stdout(log):
             recipe.main(argv)
         scores = score_epoch(out / "checkpoint.pt", x, labels, kinds, device, out / f"scores-epoch{epoch:03d}.pt")
-        per_epoch_auprcs.append(epoch_auprcs(scores, labels, share))
+        per_epoch_auprcs.append(epoch_auprcs(scores, labels, shares["share_mnist"]))
         shown = ", ".join(f"{k} {v:.3f}" for k, v in per_epoch_auprcs[-1].items())
         print(f"  {model} digit {split.held_out} epoch {epoch}: AUPRC {shown}", flush=True)
     plot(model, split.held_out, scores["last"], labels, out)
     return {"seconds": time.perf_counter() - t0, "steps": per_epoch * args.epochs, **summary(per_epoch_auprcs),
-            **dict(zip(("share_test", "share_mnist"), shares(split)))}
+            **shares}
 
 
 def rescore(args, settings: dict) -> None:
@@ -184,7 +178,7 @@ def rescore(args, settings: dict) -> None:
         results = json.loads(f.read_text()) if f.exists() else {}
         split = mnist_anomaly_split(args.data_root, digit, download=args.download)
         x, labels = test_images(split, args.test_images)
-        share = shares(split)[1]
+        shares = dict(zip(("share_test", "share_mnist"), split.held_out_shares()))
         for model in args.models:
             if results.get(model, {}).get("settings") != settings:
                 continue
@@ -197,11 +191,10 @@ def rescore(args, settings: dict) -> None:
             for i, ckpt in enumerate(kept):
                 epoch = args.epochs - args.average_last + 1 + i
                 scores = score_epoch(ckpt, x, labels, kinds, "cpu", where / f"scores-epoch{epoch:03d}.pt")
-                per_epoch.append(epoch_auprcs(scores, labels, share))
+                per_epoch.append(epoch_auprcs(scores, labels, shares["share_mnist"]))
                 print(f"  {model} digit {digit} {ckpt.name}: AUPRC "
                       + ", ".join(f"{k} {v:.3f}" for k, v in per_epoch[-1].items()), flush=True)
-            results[model] = {**results[model], **summary(per_epoch),
-                              **dict(zip(("share_test", "share_mnist"), shares(split)))}
+            results[model] = {**results[model], **summary(per_epoch), **shares}
         if results:
             f.write_text(json.dumps(results, indent=2))
 
@@ -246,7 +239,7 @@ def print_shares(args) -> str:
              "| worst AUPRC there | " + " | ".join(a for a, _ in ANCHORS) + " |",
              "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in ANCHORS) + " |"]
     for digit in args.digits:
-        test, mnist = shares(mnist_anomaly_split(args.data_root, digit, download=args.download))
+        test, mnist = mnist_anomaly_split(args.data_root, digit, download=args.download).held_out_shares()
         published = " | ".join(f"{a.get(digit, math.nan):.3f}" for _, a in ANCHORS)
         lines.append(f"| {digit} | {test:.3f} | {worst_auprc(test):.3f} | {mnist:.3f} | {worst_auprc(mnist):.3f} "
                      f"| {published} |")

@@ -349,6 +349,16 @@ class AnomalySplit:
     train_index: Tensor
     test_index: Tensor
 
+    def held_out_shares(self) -> tuple[float, float]:
+        """The held-out class's share of the test images, and of all the images the split holds
+        (training and test; on MNIST's pooled protocol, all 70,000 of MNIST).
+
+        On the MNIST protocol a third of the test set is the held-out digit, against about a
+        tenth of MNIST; `kldiv.metrics.anomaly_auprc`'s ``anomaly_share`` takes either.
+        """
+        anomalies = int(self.test_labels.sum())
+        return anomalies / len(self.test), anomalies / (len(self.train) + len(self.test))
+
 
 def mnist_anomaly_split(
     root: str | Path,
