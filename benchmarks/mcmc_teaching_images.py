@@ -13,7 +13,8 @@ every run once, at its last step:
 | revised range | the smallest and largest pixel of the revised samples over the last 200 steps |
 | FD VAE, FD revised | Fréchet distance, in the features of kldiv's MNIST classifier, between the data set's test images and the VAE's samples g(z) and the revised samples (the recipe's own chain from g(z), clamped to [-1, 1]) |
 | RMSE | reconstruction g(mu(x)) of the test images |
-| AUROC | by the EBM's score -f(x) (`kldiv.evaluate`): uniform noise, constant images and the other data set against the test images |
+| AUROC | by the EBM's negative log density -f(x) - log N(x; 0, 0.016² I) (`kldiv.evaluate`): uniform noise, constant images and the other data set against the test images |
+| AUROC without reference | the same by -f(x) alone, the network without the model's Gaussian reference |
 
 It writes ``results.json`` and ``revised-<data>.png`` / ``samples-<data>.png``
 into ``--out``.
@@ -80,6 +81,7 @@ def score(name: str, args, run_dir: Path) -> dict:
         "rmse": ev["reconstruction_rmse"],
         "auroc": ev["ood_auroc"],
         "ood_score": ev["ood_score"],
+        "auroc_without_reference": ev.get("ood_auroc_without_reference"),
     }
 
 

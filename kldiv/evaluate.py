@@ -120,24 +120,30 @@ def generator_samples(generator: torch.nn.Module, latent_dim: int, n: int, devic
     return torch.cat([generator(zb.to(device)) for zb in z[:n].split(500)])[:n]
 
 
-def scorer(nets: dict, cfg: dict, device: str = "cpu"):
+def scorer(nets: dict, cfg: dict, device: str = "cpu", *, reference: bool = True):
     r"""The model's anomaly score (higher: more anomalous) and its formula, or ``(None, None)``.
 
     The energy at the encoder mean for a latent EBM (``EnergyXZ``), the energy
-    for an EBM on $x$, the negative log joint at the encoder mean for a
+    for an EBM on $x$ (with its Gaussian reference, if the run's EBM has one:
+    ``sigma_ref``, the MCMC-teaching EBM), the negative log joint at the encoder mean for a
     generator with an energy-based prior (up to $\log Z$; Pang et al. 2020),
     the negative ELBO for a generator and an encoder alone.
 
     Arguments:
         nets: the networks by name (``generator``, ``encoder``, ``energy``, ``prior``).
-        cfg: the run's config (``sigma`` for the likelihood).
+        cfg: the run's config (``sigma`` for the likelihood, ``sigma_ref`` for the reference).
         device: where to run them.
+        reference: include the EBM's reference; ``False`` scores by $-f(x)$ alone.
     """
     G, I, E, F_ = nets.get("generator"), nets.get("encoder"), nets.get("energy"), nets.get("prior")
     if E is not None:
         if type(E).__name__ == "EnergyXZ":
             return (lambda x: metrics.latent_ebm_scores(E, I, x, device=device)), "-f(x, mu_q(x))"
-        return (lambda x: metrics.marginal_ebm_scores(E, x, device=device)), "-f(x)"
+        sigma = (cfg.get("sigma_ref") or None) if reference else None
+        if sigma is None:
+            return (lambda x: metrics.marginal_ebm_scores(E, x, device=device)), "-f(x)"
+        return ((lambda x: metrics.marginal_ebm_scores(E, x, device=device, reference=sigma)),
+                f"-f(x) - log N(x; 0, {sigma:g}²I)")
     if F_ is not None and G is not None and I is not None:
         from kldiv.densities import EnergyPrior, GeneratorDensity
 
@@ -249,6 +255,12 @@ def evaluate(
         scores = {name: score(x.to(device)) for name, x in ood.items()}
         report["ood_score"] = score_name
         report["ood_auroc"] = {name: metrics.ood_auroc(s_in, s) for name, s in scores.items()}
+        alone, alone_name = scorer(nets, cfg, device, reference=False)
+        if alone_name != score_name:  # an EBM with a reference: the network's f alone, for comparison
+            a_in = alone(test)
+            report["ood_score_without_reference"] = alone_name
+            report["ood_auroc_without_reference"] = {
+                name: metrics.ood_auroc(a_in, alone(x.to(device))) for name, x in ood.items()}
         if skipped:
             report["ood_skipped"] = skipped
         if anomalies is not None:

@@ -20,8 +20,10 @@ Defaults follow the authors' code: Langevin without its noise term
 size 0.002 on CIFAR-10 (50 steps of 0.001, 400 chains and a data batch of
 400 on MNIST), the EBM on Adam(lr 0.009, beta1 0.5), the VAE on Adam(lr 2e-4,
 1e-4 on MNIST, beta1 0.5), every network initialised N(0, 0.005).  With the
-reference the EBM's density is exp f(x) N(x; 0, sigma_ref^2 I) / Z; the
-reference has no parameter, so it enters no gradient.  The code's VAE loss
+reference the EBM's density is exp f(x) N(x; 0, sigma_ref^2 I) / Z
+(``MarginalEBM(f, reference=sigma_ref)``); the reference has no parameter,
+so it enters no gradient, but it is what the chains follow and part of the
+model's log density, by which ``kldiv.evaluate`` scores images.  The code's VAE loss
 is ``mean_b[sum (g(mu(x~)) - x~)^2 + w KL(q(z|x~) || N(0, I))]``: a decoder
 with sigma^2 = 1/2 and the closed-form KL weighted by w = 2 on CIFAR-10,
 3 on MNIST (``--kl-weight``), which the algebra writes
@@ -97,9 +99,8 @@ def networks(cfg: Config, shape: tuple[int, ...]) -> dict:
 def game(cfg: Config, G, I, E):
     """The densities and the game: the EBM by maximum likelihood, the VAE on the revised samples."""
     p = GeneratorDensity(G, latent_shape=cfg.latent_dim, sigma=cfg.sigma, synthesis="mean")  # x^ = g(z^)
-    langevin = Langevin(cfg.langevin_steps, cfg.step_size, init=p, noise=cfg.noise,
-                        sigma_ref=cfg.sigma_ref or None)  # ancestral Langevin
-    pi = MarginalEBM(E, sampler=langevin)
+    langevin = Langevin(cfg.langevin_steps, cfg.step_size, init=p, noise=cfg.noise)  # ancestral Langevin
+    pi = MarginalEBM(E, sampler=langevin, reference=cfg.sigma_ref or None)  # exp f(x) N(x; 0, s^2 I) / Z
     q_data = DataDensity()  # the data, over x
     q_rev = DataDensity(I, x=pi, name="q_rev")  # the revised samples, taken as data, z ~ q(z|x)
     g = (

@@ -33,6 +33,17 @@ def test_evaluate_a_run_from_its_checkpoint(recipe, score, tmp_path):
     assert (out / "energy_histograms.png").stat().st_size > 1000
 
 
+def test_evaluate_scores_the_mcmc_teaching_ebm_by_its_density_with_the_reference(tmp_path):
+    out = tmp_path / "mcmc"
+    load_recipe("mcmc_teaching").main([*TINY, "--langevin-steps", "2", "--out", str(out)])
+    report = evaluate_main([str(out), "--samples", "100", "--test-images", "100", "--data-root", str(SHARED)])
+    assert report["ood_score"] == "-f(x) - log N(x; 0, 0.016²I)"
+    assert report["ood_score_without_reference"] == "-f(x)"
+    assert set(report["ood_auroc_without_reference"]) == set(report["ood_auroc"])
+    # the reference's |x|^2 / 2s^2 (about 1e5 an image here) outweighs the barely trained f
+    assert report["ood_auroc"] != report["ood_auroc_without_reference"]
+
+
 def test_evaluate_scores_a_vae_by_its_negative_elbo_and_a_held_out_class(tmp_path):
     out = tmp_path / "vae"
     load_recipe("vae").main([*TINY, "--hold-out", "7", "--ema", "0.5", "--out", str(out)])

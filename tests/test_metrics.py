@@ -290,6 +290,21 @@ def test_scores_feed_auroc_end_to_end():
     assert auroc == 1.0
 
 
+def test_marginal_ebm_scores_with_a_reference_are_the_negative_log_density():
+    # -f(x) - log N(x; 0, s^2 I), in float64: at s = 0.016 the reference is ~1e6 an image
+    torch.manual_seed(1)
+    x = torch.rand(9, 1, 4, 4) * 2 - 1
+    energy = QuadraticEnergy()
+    scores = marginal_ebm_scores(energy, x, batch_size=4, reference=0.016)
+    assert scores.dtype == torch.float64
+    exact = marginal_ebm_scores(energy, x).double() - torch.distributions.Normal(
+        torch.zeros((), dtype=torch.float64), 0.016).log_prob(x.double()).flatten(1).sum(1)
+    torch.testing.assert_close(scores, exact)
+    for bad in (0.0, -0.5, float("nan"), True):
+        with pytest.raises(ValueError, match="reference must be"):
+            marginal_ebm_scores(energy, x, reference=bad)
+
+
 def test_score_helpers_reject_bad_networks():
     x = torch.randn(4, 1, 2, 2)
     with pytest.raises(TypeError, match="distribution"):

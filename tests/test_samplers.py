@@ -344,6 +344,67 @@ def test_langevin_sigma_ref_and_clip_are_applied():
     torch.testing.assert_close(x - starts[0], torch.full((50, 1), -0.02, dtype=DT))
 
 
+def test_a_density_reference_is_the_chains_target_and_a_term_of_its_log_density():
+    # pi(x) ∝ exp f(x) N(x; 0, s^2): with f = -(x - mu)^2 Λ / 2, a Gaussian of precision Λ + 1/s^2
+    # and mean Λ mu / (Λ + 1/s^2); the chains follow it exactly as the sampler's own sigma_ref would
+    mu, lam, s, delta, steps, n = 2.0, 1.0, 0.5, 0.2, 80, 4000
+    f = Quadratic([mu], torch.tensor([[lam]], dtype=DT))
+    pi = MarginalEBM(f, reference=s, sampler=Langevin(
+        steps, delta, init=NoiseStart("normal", shape=(1,)), generator=torch.Generator().manual_seed(2)))
+    with torch.no_grad():
+        x = pi.sample(Ev(n), n)["x"]
+    precision = torch.tensor([[lam + 1 / s**2]], dtype=DT)
+    m, c = ula_law(lam * mu / precision[0], precision, [delta], torch.zeros(1, dtype=DT),
+                   torch.eye(1, dtype=DT), steps)
+    assert_moments(x, m, c, "MarginalEBM with a reference")
+    assert abs(m.item() - 0.4) < 1e-3  # (nearly stationary) far from the energy's own mode, 2.0
+
+    same = Langevin(steps, delta, init=NoiseStart("normal", shape=(1,)), sigma_ref=s,
+                    generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(MarginalEBM(f, sampler=same).sample(Ev(n), n)["x"], x)
+
+    # the term, and the target: f(x) + log N(x; 0, s^2) with its constant
+    v = torch.randn(7, 1, dtype=DT)
+    ref = next(t for t in pi.terms() if t.label.startswith("log N(x"))
+    exact = torch.distributions.Normal(torch.zeros((), dtype=DT), s).log_prob(v)[:, 0]
+    torch.testing.assert_close(ref.evaluate(Ev(7), {"x": v}), exact)
+    _, log_density = pi.target()
+    torch.testing.assert_close(log_density({"x": v}), f(v) + exact)
+    assert not ref.modules and ref.factor == "x"
+
+
+def test_a_reference_is_refused_twice_and_kept_by_a_decoupled_eblvm():
+    f = Quadratic([0.0], torch.eye(1, dtype=DT))
+    both = MarginalEBM(f, reference=0.5, sampler=Langevin(2, 0.1, init="normal", shape=1, sigma_ref=0.5))
+    with pytest.raises(ValueError, match="already has a Gaussian reference.*sigma_ref=0.5"):
+        both.sample(Ev(3), 3)
+    with pytest.raises(ValueError, match="already has a Gaussian reference"):
+        Langevin(2, 0.1, sigma_ref=1.0).posterior(LatentEBM(Quadratic([0.0, 0.0], torch.eye(2, dtype=DT)),
+                                                            reference=0.5),
+                                                  torch.zeros(3, 1, dtype=DT), torch.zeros(3, 1, dtype=DT))
+    encoder = nn.Sequential(nn.Linear(1, 2))
+    pi = MarginalEBM(f, reference=0.5)
+    decoupled = DecoupledEBLVM(pi, encoder)
+    assert decoupled.reference == 0.5 and "log N(x; 0, 0.5²I)" in [t.label for t in decoupled.terms()]
+    with pytest.raises(ValueError, match="differs from the MarginalEBM's own"):
+        DecoupledEBLVM(pi, encoder, reference=0.25)
+    for bad, err in ((0.0, ValueError), (-1.0, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+                     ("0.5", TypeError), (True, TypeError)):
+        with pytest.raises(err, match="reference must be"):
+            MarginalEBM(f, reference=bad)
+
+
+def test_a_latent_ebm_reference_is_the_posterior_chains_prior_on_z():
+    # f(x, z) = -|(x, z)|^2 / 2 with a reference s on z: z | x ~ N(0, 1 / (1 + 1/s^2)); the posterior
+    # chain with the density's reference equals the one with the sampler's sigma_ref
+    f = Quadratic([0.0, 0.0], torch.eye(2, dtype=DT))
+    x, z0 = torch.ones(500, 1, dtype=DT), torch.zeros(500, 1, dtype=DT)
+    a = Langevin(30, 0.2, generator=torch.Generator().manual_seed(3)).posterior(LatentEBM(f, reference=0.5), x, z0)
+    b = Langevin(30, 0.2, sigma_ref=0.5, generator=torch.Generator().manual_seed(3)).posterior(LatentEBM(f), x, z0)
+    torch.testing.assert_close(a, b)
+
+
 def test_persistent_start_reuses_and_reinitialises_chains():
     f = Quadratic([0.0], torch.eye(1, dtype=DT))
     n, p = 2000, 0.2

@@ -333,6 +333,24 @@ def _standard_normal_term(latent_shape: tuple[int, ...]) -> Term:
     )
 
 
+def _gaussian_reference_log_prob(v: Tensor, sigma: float) -> Tensor:
+    # (n, ...) -> (n,): log N(v; 0, sigma^2 I)
+    flat = v.flatten(1)
+    return -0.5 * (flat.square().sum(1) / sigma**2 + flat.shape[1] * (_LOG_2PI + 2.0 * math.log(sigma)))
+
+
+def _gaussian_reference_term(variable: str, sigma: float) -> Term:
+    r"""The parameter-free term $\log \mathcal N(v; 0, \sigma^2 I)$ of an energy-based density's reference."""
+    return Term(
+        key=("gaussian_reference", variable, sigma),
+        label=f"log N({variable}; 0, {sigma:g}²I)",
+        latex=rf"\log \mathcal{{N}}({variable}; 0, {sigma:g}^2 I)",
+        reads=frozenset({variable}),
+        evaluate=lambda ev, s: _gaussian_reference_log_prob(s[variable], sigma),
+        factor=variable,
+    )
+
+
 def _per_sample(out: Tensor) -> Tensor:
     """Accept an ``(n,)`` or ``(n, 1)`` network output; leave anything else for validation."""
     if out.dim() == 2 and out.shape[1] == 1:

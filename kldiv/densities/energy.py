@@ -4,13 +4,16 @@ models with their variables fixed (`LatentEBM`, `MarginalEBM`, `DecoupledEBLVM`,
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from kldiv.densities.base import (_NO_MODULES, Density, Evaluator, Samples, Term, _as_shape, _per_sample,
-                                  _rsample, _standard_normal_log_prob, _standard_normal_term, conditional_term)
+from kldiv.densities.base import (_NO_MODULES, Density, Evaluator, Samples, Term, _as_shape,
+                                  _gaussian_reference_log_prob, _gaussian_reference_term, _per_sample, _rsample,
+                                  _standard_normal_log_prob, _standard_normal_term, conditional_term)
 
 if TYPE_CHECKING:
     from kldiv.samplers import Sampler
@@ -24,7 +27,13 @@ class EnergyBased(Density):
     Log-density terms: $f(v)$ (the network called on the variables in the
     order given) and $-\log Z$, which the compiler cancels where the
     expression allows and otherwise pays for with the attached sampler
-    ($\nabla \log Z = E_\pi[\nabla f]$).  Every sampler draws from it through
+    ($\nabla \log Z = E_\pi[\nabla f]$).  With a ``reference`` $\sigma$ the
+    density is $\pi(v) = \exp f(v)\, \mathcal N(v; 0, \sigma^2 I) / Z$, an
+    exponential tilting of a Gaussian (the EBM of Xie et al. 2021): one more
+    term $\log \mathcal N(v; 0, \sigma^2 I)$ per variable, with no
+    parameters, so it changes no gradient of the energy, but it is part of
+    every sampler's target and of the model's log density (its anomaly
+    score).  Every sampler draws from it through
     `target`, so an energy model written outside kldiv is sampled like the
     built-in ones; `LatentEBM`, `MarginalEBM`, `DecoupledEBLVM` and
     `EnergyPrior` are this class with their variables fixed (and, for the last
@@ -37,6 +46,9 @@ class EnergyBased(Density):
         latex: the name in LaTeX (default: ``name``).
         variables: the variables the energy reads, e.g. ``("x",)`` or
             ``("x", "z")``; fixed by the subclasses.
+        reference: the standard deviation $\sigma > 0$ of a Gaussian
+            reference $\mathcal N(0, \sigma^2 I)$ on every variable the energy
+            reads; ``None`` (default) for none.
 
     Examples:
         >>> import torch
@@ -58,6 +70,7 @@ class EnergyBased(Density):
         latex: str | None = None,
         *,
         variables: tuple[str, ...] | None = None,
+        reference: float | None = None,
     ):
         super().__init__(name, latex)
         if variables is not None:
@@ -69,6 +82,9 @@ class EnergyBased(Density):
             raise TypeError("EnergyBased needs the variables its energy reads: EnergyBased(f, variables=('x',))")
         self.energy = energy
         self.sampler = sampler
+        self.reference = _as_reference(reference)
+        self.reference_terms = () if self.reference is None else tuple(
+            _gaussian_reference_term(v, self.reference) for v in self._energy_reads)
         reads = frozenset(self._energy_reads)
         args = ", ".join(self._energy_reads)
         # exp f(x) / Z is the x-factor of a MarginalEBM or a DecoupledEBLVM, exp f(z) N(z) / Z the
@@ -115,24 +131,27 @@ class EnergyBased(Density):
 
     def target(self) -> tuple[tuple[str, ...], Callable[[Mapping[str, Tensor]], Tensor]]:
         r"""The variables a sampler draws and the unnormalised log density it targets,
-        $v \mapsto f(v)$ (plus any parameter-free base term), as a function of a mapping
-        variable → tensor; what [`Langevin`][kldiv.samplers.Langevin] runs on."""
-        energy, reads = self.energy, self._energy_reads
-        return reads, lambda v: energy(*(v[k] for k in reads))
+        $v \mapsto f(v)$ (plus any parameter-free base term, such as the reference), as a
+        function of a mapping variable → tensor; what [`Langevin`][kldiv.samplers.Langevin] runs on."""
+        energy, reads, sigma = self.energy, self._energy_reads, self.reference
+        if sigma is None:
+            return reads, lambda v: energy(*(v[k] for k in reads))
+        return reads, lambda v: _per_sample(energy(*(v[k] for k in reads))) + sum(
+            _gaussian_reference_log_prob(v[k], sigma) for k in reads)
 
     def marginal_key(self, reads: frozenset[str]) -> Hashable:
         # exp f(x) / Z: a MarginalEBM and every DecoupledEBLVM on the same energy
         # network share the marginal of x, whatever their samplers (and every
         # density with the same EnergyPrior shares the marginal of z).
         if len(self._energy_reads) == 1 and reads == set(self._energy_reads):
-            return ("energy_marginal", id(self.energy))
+            return ("energy_marginal", id(self.energy), self.reference)
         return super().marginal_key(reads)
 
     def own_networks(self) -> tuple[nn.Module, ...]:
         return (self.energy,)
 
     def terms(self) -> tuple[Term, ...]:
-        return (self.energy_term, self.log_normalizer)
+        return (self.energy_term, *self.reference_terms, self.log_normalizer)
 
     def networks(self) -> dict[str, nn.Module]:
         return {"energy": self.energy}
@@ -164,6 +183,8 @@ class LatentEBM(EnergyBased):
         sampler: optional [`Sampler`][kldiv.samplers.Sampler] drawing from $\pi$.
         name: short name for printing.
         latex: the name in LaTeX (default: ``name``).
+        reference: optional $\sigma$ of a Gaussian reference on $x$ and $z$:
+            $\pi(x, z) \propto \exp f(x, z)\, \mathcal N(x; 0, \sigma^2 I)\, \mathcal N(z; 0, \sigma^2 I)$.
     """
 
     variables = ("x", "z")
@@ -176,18 +197,31 @@ class LatentEBM(EnergyBased):
         sampler: Sampler | None = None,
         name: str = "π",
         latex: str | None = r"\pi",
+        reference: float | None = None,
     ):
-        super().__init__(energy, sampler, name, latex)
+        super().__init__(energy, sampler, name, latex, reference=reference)
 
 
 class MarginalEBM(EnergyBased):
     r"""An energy-based model on $x$ alone, $\pi_\alpha(x) = \exp f_\alpha(x) / Z(\alpha)$.
+
+    With a ``reference`` $\sigma$, $\pi_\alpha(x) = \exp f_\alpha(x)\, \mathcal N(x; 0, \sigma^2 I) / Z(\alpha)$:
+    the descriptor of MCMC teaching (Xie et al. 2021; $\sigma = 0.016$ in the
+    authors' code), whose reference keeps the Langevin chains bounded.
 
     Arguments:
         energy: network $x \mapsto f(x)$ of shape ``(n,)`` or ``(n, 1)``.
         sampler: optional [`Sampler`][kldiv.samplers.Sampler] drawing from $\pi$.
         name: short name for printing.
         latex: the name in LaTeX (default: ``name``).
+        reference: optional $\sigma > 0$ of the Gaussian reference.
+
+    Examples:
+        >>> import torch
+        >>> from kldiv import MarginalEBM
+        >>> pi = MarginalEBM(torch.nn.Linear(3, 1), reference=0.5)
+        >>> [t.label for t in pi.terms()]
+        ['f(x)', 'log N(x; 0, 0.5²I)', 'log Z(π)']
     """
 
     variables = ("x",)
@@ -200,8 +234,9 @@ class MarginalEBM(EnergyBased):
         sampler: Sampler | None = None,
         name: str = "π",
         latex: str | None = r"\pi",
+        reference: float | None = None,
     ):
-        super().__init__(energy, sampler, name, latex)
+        super().__init__(energy, sampler, name, latex, reference=reference)
 
 
 class DecoupledEBLVM(EnergyBased):
@@ -219,11 +254,13 @@ class DecoupledEBLVM(EnergyBased):
 
     Arguments:
         energy: a network $x \mapsto f(x)$, or a [`MarginalEBM`][kldiv.MarginalEBM]
-            (whose sampler, if any, then draws $x$).
+            (whose sampler, if any, then draws $x$, and whose reference it keeps).
         encoder: the encoder network $x \mapsto q_\phi(z \mid x)$.
         sampler: optional sampler for $x$ (overrides the marginal's).
         name: short name for printing.
         latex: the name in LaTeX (default: ``name``).
+        reference: optional $\sigma$ of a Gaussian reference on $x$ (see
+            [`MarginalEBM`][kldiv.MarginalEBM]); given with a `MarginalEBM`, it must be the marginal's.
     """
 
     variables = ("x", "z")
@@ -238,16 +275,21 @@ class DecoupledEBLVM(EnergyBased):
         sampler: Sampler | None = None,
         name: str = "Π",
         latex: str | None = r"\Pi",
+        reference: float | None = None,
     ):
         if isinstance(energy, MarginalEBM):
+            if reference is not None and _as_reference(reference) != energy.reference:
+                raise ValueError(f"reference={reference!r} differs from the MarginalEBM's own "
+                                 f"({energy.reference!r}); give it to one of them")
             sampler = energy.sampler if sampler is None else sampler
+            reference = energy.reference
             energy = energy.energy
-        super().__init__(energy, sampler, name, latex)
+        super().__init__(energy, sampler, name, latex, reference=reference)
         self.encoder = encoder
         self.conditional = conditional_term(encoder)
 
     def terms(self) -> tuple[Term, ...]:
-        return (self.energy_term, self.log_normalizer, self.conditional)
+        return (self.energy_term, *self.reference_terms, self.log_normalizer, self.conditional)
 
     def networks(self) -> dict[str, nn.Module]:
         return {"energy": self.energy, "encoder": self.encoder}
@@ -275,6 +317,18 @@ class DecoupledEBLVM(EnergyBased):
         if self.sampler is None:
             return "cannot be sampled (no sampler attached)"
         return f"x by {self.sampler!r} (detached), z ~ q(z|x) (reparameterised)"
+
+
+def _as_reference(sigma) -> float | None:
+    """A reference standard deviation: ``None``, or a finite number > 0 (refused by name otherwise)."""
+    if sigma is None:
+        return None
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+        raise TypeError(f"reference must be a number (the standard deviation of the Gaussian reference) "
+                        f"or None, got {sigma!r}")
+    if not (math.isfinite(float(sigma)) and float(sigma) > 0):
+        raise ValueError(f"reference must be a finite number > 0, got {sigma!r}")
+    return float(sigma)
 
 
 class EnergyPrior(EnergyBased):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from kldiv.densities.base import _gaussian_reference_log_prob
 from kldiv.metrics._common import Images, _batches, _device_of, _evaluation_mode
 
 if TYPE_CHECKING:
@@ -36,8 +38,9 @@ def _negated_scores(
     batch_size: int,
     device: torch.device | str | None,
     *modules: nn.Module,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """``-f(x)`` per image, batched, without gradients, with ``modules`` in eval mode.
+    """``-f(x)`` per image, batched, without gradients, with ``modules`` in eval mode, as ``dtype``.
 
     ``device`` defaults to that of the first module's parameters (the energy network).
     """
@@ -46,7 +49,7 @@ def _negated_scores(
     with torch.no_grad(), _evaluation_mode(*modules):
         for x in _batches(images, batch_size):
             x = x.to(dev)
-            out.append(-_flat_scores(f(x), x.shape[0], "the energy network").detach().float().cpu())
+            out.append(-_flat_scores(f(x), x.shape[0], "the energy network").detach().to(dtype).cpu())
     if not out:
         raise ValueError("no images to score")
     return torch.cat(out)
@@ -58,6 +61,7 @@ def marginal_ebm_scores(
     *,
     batch_size: int = 500,
     device: torch.device | str | None = None,
+    reference: float | None = None,
 ) -> Tensor:
     r"""OOD / anomaly scores of a marginal EBM: the energy $s(x) = E(x) = -f(x)$.
 
@@ -66,7 +70,10 @@ def marginal_ebm_scores(
     unlikely get a high score. This is the score of the divergence-triangle
     EBM (Han et al. 2019), of the MCMC-teaching EBM (Xie et al. 2021) and the
     "negative free energy" AUROC of the decoupled EBLVM (Kan et al. 2022, Table 4:
-    its marginal $\exp(-E_\psi(v))$ is a marginal EBM).
+    its marginal $\exp(-E_\psi(v))$ is a marginal EBM).  For an EBM with a Gaussian
+    reference, $\pi(x) \propto \exp f(x)\, \mathcal N(x; 0, \sigma^2 I)$ (the
+    MCMC-teaching EBM), the negative log density is
+    $s(x) = -f(x) - \log \mathcal N(x; 0, \sigma^2 I)$, summed in float64.
 
     The network is run batched, without gradients, in eval mode (batch norm
     uses its running statistics and spectral norm does no power iteration);
@@ -78,15 +85,29 @@ def marginal_ebm_scores(
         images: a tensor ``(n, C, H, W)`` or an iterable of batches (a ``DataLoader``).
         batch_size: batch size when ``images`` is a tensor.
         device: where to run; default the device of ``energy``'s parameters.
+        reference: the $\sigma$ of the model's Gaussian reference, if it has one
+            (a [`MarginalEBM`][kldiv.MarginalEBM]'s ``reference``).
 
     Returns:
         The scores, a float tensor of shape ``(n,)`` on the CPU; higher means more anomalous.
+        With a reference they are float64 (their scale is about $\lVert x\rVert^2 / 2\sigma^2$).
 
     References:
         Kan et al., *Bi-level Doubly Variational Learning for Energy-based Latent
         Variable Models*, CVPR 2022, Table 4. [arXiv:2203.14702](https://arxiv.org/abs/2203.14702)
     """
-    return _negated_scores(energy, images, batch_size, device, energy)
+    if reference is None:
+        return _negated_scores(energy, images, batch_size, device, energy)
+    if not (isinstance(reference, numbers.Real) and not isinstance(reference, bool)
+            and math.isfinite(reference) and reference > 0):
+        raise ValueError(f"reference must be a finite number > 0 or None, got {reference!r}")
+    sigma = float(reference)
+
+    def log_density(x: Tensor) -> Tensor:
+        f = _flat_scores(energy(x), x.shape[0], "the energy network")
+        return f.double() + _gaussian_reference_log_prob(x.double(), sigma)
+
+    return _negated_scores(log_density, images, batch_size, device, energy, dtype=torch.float64)
 
 
 def latent_ebm_scores(

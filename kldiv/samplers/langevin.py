@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from kldiv.densities import Density, LatentEBM, Samples
+from kldiv.densities.base import _gaussian_reference_log_prob, _per_sample
 from kldiv.samplers.base import Sampler, _target
 from kldiv.samplers.kernel import LangevinState, LogDensityFn, Position, StepSize, gaussian_reference, langevin_chain
 from kldiv.samplers.starts import Start, _as_start
@@ -51,8 +52,9 @@ class Langevin(Sampler):
     Posterior sampling $z \sim \pi(z \mid x) \propto \exp f(x, z)$ for a latent
     EBM, with $x$ held fixed, is [`posterior`][kldiv.samplers.Langevin.posterior].
 
-    The MCMC-teaching recipe on CIFAR-10 (Xie et al. 2021, authors' code) is
-    ``Langevin(15, 0.002, init=generator, noise=False, sigma_ref=0.016)``.
+    The MCMC-teaching recipe on CIFAR-10 (Xie et al. 2021, authors' code) samples
+    ``MarginalEBM(f, reference=0.016)`` with ``Langevin(15, 0.002, init=generator, noise=False)``:
+    the chains' target includes the density's Gaussian reference.
 
     Arguments:
         steps: the number of Langevin steps $T$.
@@ -63,8 +65,10 @@ class Langevin(Sampler):
             $-\lVert v \rVert^2 / (2\sigma_{\rm ref}^2)$ over every variable of the
             chain: the chains then target $\pi'(v) \propto \exp f(v)\, \mathcal N(v; 0, \sigma_{\rm ref}^2 I)$.
             The reference has no parameters, so $\nabla_\alpha \log \pi' = \nabla_\alpha f - \nabla_\alpha \log Z'$ and
-            maximum likelihood with this sampler fits $\pi'$ — the EBM of the
-            MCMC-teaching paper, whose model includes the reference.
+            maximum likelihood with this sampler fits $\pi'$.  Prefer the density's
+            own ``reference`` (``MarginalEBM(f, reference=sigma)``): the model's log
+            density, and so its anomaly score, then includes the term the chains
+            follow.  A density with a reference refuses a sampler with one.
         clip_grad: clip each chain's gradient to this Euclidean norm.
         shape: shape of ``x`` or mapping variable → shape, for a noise start
             given by name (``x`` defaults to the data's shape; a latent EBM
@@ -159,6 +163,9 @@ class Langevin(Sampler):
     def sample(self, density: Density, ev: Evaluator, n: int) -> Samples:
         """Run the chains for ``density`` and return their final positions (detached)."""
         variables, energy = _target(density)
+        if self.sigma_ref is not None and getattr(density, "reference", None) is not None:
+            raise ValueError(f"{density.name} already has a Gaussian reference (sigma {density.reference:g}); "
+                             f"a sampler with sigma_ref={self.sigma_ref:g} would add a second one: drop one of them")
         start, token = self.init.draw(variables, ev, n, self.generator)
         final = self._run(start, energy, self.callback)
         self.init.update(token, final)
@@ -177,8 +184,8 @@ class Langevin(Sampler):
         $$ z_{t+1} = z_t + \frac{\delta^2}{2}\, \nabla_z f(x, z_t) + \delta\,\epsilon_t, $$
 
         with the sampler's steps, step size (the ``"z"`` entry of a mapping),
-        noise, reference term (on $z$: a prior $\mathcal N(0, \sigma_{\rm ref}^2 I)$)
-        and clipping.  The start ``init`` is not used: the chains start at ``z``
+        noise, reference term (on $z$: a prior $\mathcal N(0, \sigma_{\rm ref}^2 I)$,
+        or the density's own reference on $z$) and clipping.  The start ``init`` is not used: the chains start at ``z``
         (e.g. $z \sim \mathcal N(0, I)$, or an encoder's $z \sim q_\phi(z \mid x)$).
 
         Arguments:
@@ -194,6 +201,13 @@ class Langevin(Sampler):
         energy = density.energy if isinstance(density, LatentEBM) else density
         if not isinstance(energy, nn.Module) and not callable(energy):
             raise TypeError(f"posterior needs a LatentEBM or an energy f(x, z), got {density!r}")
+        reference = density.reference if isinstance(density, LatentEBM) else None
+        if reference is not None:
+            if self.sigma_ref is not None:
+                raise ValueError(f"{density.name} already has a Gaussian reference (sigma {reference:g}); "
+                                 f"a sampler with sigma_ref={self.sigma_ref:g} would add a second one")
+            f_xz = energy
+            energy = lambda x_, z_: _per_sample(f_xz(x_, z_)) + _gaussian_reference_log_prob(z_, reference)  # noqa: E731
         x = x.detach()
         step = self.step_size["z"] if isinstance(self.step_size, Mapping) else self.step_size
         return langevin_chain(
