@@ -15,6 +15,7 @@ every run once, at its last step:
 | RMSE | reconstruction g(mu(x)) of the test images |
 | AUROC | by the EBM's negative log density -f(x) - log N(x; 0, 0.016² I) (`kldiv.evaluate`): uniform noise, constant images and the other data set against the test images |
 | AUROC without reference | the same by -f(x) alone, the network without the model's Gaussian reference |
+| mean squared norm | the mean of ||x||^2 over the test images and over uniform noise: the reference's -log N(x; 0, s^2 I) is ||x||^2 / 2s^2 plus a constant |
 
 It writes ``results.json`` and ``revised-<data>.png`` / ``samples-<data>.png``
 into ``--out``.
@@ -82,6 +83,11 @@ def score(name: str, args, run_dir: Path) -> dict:
         "auroc": ev["ood_auroc"],
         "ood_score": ev["ood_score"],
         "auroc_without_reference": ev.get("ood_auroc_without_reference"),
+        "mean_squared_norm": {
+            "test images": real.flatten(1).square().sum(1).mean().item(),
+            "uniform noise": (torch.rand(real.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+            .flatten(1).square().sum(1).mean().item(),
+        },
     }
 
 
