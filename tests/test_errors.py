@@ -19,10 +19,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kldiv import KL, DataDensity, EnergyPrior, Factor, GeneratorDensity, LatentEBM, S
+from kldiv import KL, DataDensity, EnergyPrior, Factor, GeneratorDensity, LatentEBM, MarginalEBM, S
 from kldiv import errors as kerr
 from kldiv.errors import CheckpointError, CompileError, InputError, NonFiniteError, ShapeError
 from kldiv.nn import EnergyXZ, GaussianEncoder, Generator
+from kldiv.samplers import Langevin
 from kldiv.train import load_checkpoint, save_checkpoint
 from recipe_runner import load_recipe
 
@@ -98,7 +99,41 @@ DENSITIES = {
     "factor parents not names": (lambda: Factor("x", _lin(), parents=(1,)), TypeError, "are variable names"),
     "density factor over two variables": (lambda: Factor("z", density=LatentEBM(_lin())), ValueError,
                                           "must be over 'z' alone"),
+    "zero reference": (lambda: MarginalEBM(_lin(), reference=0.0), ValueError, "reference must be a finite number > 0"),
+    "infinite reference": (lambda: MarginalEBM(_lin(), reference=math.inf), ValueError, "reference must be a finite"),
+    "reference as text": (lambda: LatentEBM(_lin(), reference="0.016"), TypeError, "reference must be a finite"),
 }
+
+
+# ----------------------------------------------------------------------------------------
+# Samplers: refused when built, with the argument named
+# ----------------------------------------------------------------------------------------
+SAMPLERS = {
+    "fractional steps": (dict(steps=2.5, step_size=0.1), TypeError, "steps must be an integer >= 0, got 2.5"),
+    "steps a bool": (dict(steps=True, step_size=0.1), TypeError, "steps must be an integer"),
+    "steps as text": (dict(steps="10", step_size=0.1), TypeError, "steps must be an integer"),
+    "negative steps": (dict(steps=-1, step_size=0.1), ValueError, "steps must be an integer >= 0, got -1"),
+    "step size as text": (dict(steps=3, step_size="0.1"), TypeError, "step_size must be a finite number > 0"),
+    "infinite step size": (dict(steps=3, step_size=math.inf), ValueError, "step_size must be a finite number > 0"),
+    "nan step size": (dict(steps=3, step_size=math.nan), ValueError, "step_size must be a finite number > 0"),
+    "no step size": (dict(steps=3, step_size=None), TypeError, "step_size must be a finite number > 0"),
+    "negative step size of z": (dict(steps=3, step_size={"x": 0.1, "z": -1.0}), ValueError,
+                                "the step size of 'z' must be a finite number > 0"),
+    "empty step sizes": (dict(steps=3, step_size={}), ValueError, "non-empty mapping"),
+    "sigma_ref as text": (dict(steps=3, step_size=0.1, sigma_ref="s"), TypeError, "sigma_ref must be a finite"),
+    "infinite sigma_ref": (dict(steps=3, step_size=0.1, sigma_ref=math.inf), ValueError, "sigma_ref must be a finite"),
+    "infinite clip": (dict(steps=3, step_size=0.1, clip_grad=math.inf), ValueError, "clip_grad must be a finite"),
+    "noise a word": (dict(steps=3, step_size=0.1, noise="yes"), TypeError, "noise must be True or False"),
+    "generator a seed": (dict(steps=3, step_size=0.1, generator=0), TypeError, "generator must be a torch.Generator"),
+    "callback not callable": (dict(steps=3, step_size=0.1, callback=1), TypeError, "callback must be callable"),
+}
+
+
+@pytest.mark.parametrize("case", list(SAMPLERS))
+def test_bad_sampler_arguments_are_refused_when_built(case):
+    kwargs, kind, words = SAMPLERS[case]
+    with pytest.raises(kind, match=re.escape(words)):
+        Langevin(**kwargs)
 
 
 @pytest.mark.parametrize("case", list(DENSITIES))

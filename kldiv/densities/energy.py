@@ -4,13 +4,12 @@ models with their variables fixed (`LatentEBM`, `MarginalEBM`, `DecoupledEBLVM`,
 from __future__ import annotations
 
 import copy
-import math
-import numbers
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from kldiv._checks import positive_number
 from kldiv.densities.base import (_NO_MODULES, Density, Evaluator, Samples, Term, _as_shape,
                                   _gaussian_reference_log_prob, _gaussian_reference_term, _per_sample, _rsample,
                                   _standard_normal_log_prob, _standard_normal_term, conditional_term)
@@ -321,14 +320,7 @@ class DecoupledEBLVM(EnergyBased):
 
 def _as_reference(sigma) -> float | None:
     """A reference standard deviation: ``None``, or a finite number > 0 (refused by name otherwise)."""
-    if sigma is None:
-        return None
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
-        raise TypeError(f"reference must be a number (the standard deviation of the Gaussian reference) "
-                        f"or None, got {sigma!r}")
-    if not (math.isfinite(float(sigma)) and float(sigma) > 0):
-        raise ValueError(f"reference must be a finite number > 0, got {sigma!r}")
-    return float(sigma)
+    return positive_number("reference", sigma, optional=True)
 
 
 class EnergyPrior(EnergyBased):

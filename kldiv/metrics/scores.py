@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -11,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from kldiv._checks import positive_number
 from kldiv.densities.base import _gaussian_reference_log_prob
 from kldiv.metrics._common import Images, _batches, _device_of, _evaluation_mode
 
@@ -98,10 +98,7 @@ def marginal_ebm_scores(
     """
     if reference is None:
         return _negated_scores(energy, images, batch_size, device, energy)
-    if not (isinstance(reference, numbers.Real) and not isinstance(reference, bool)
-            and math.isfinite(reference) and reference > 0):
-        raise ValueError(f"reference must be a finite number > 0 or None, got {reference!r}")
-    sigma = float(reference)
+    sigma = positive_number("reference", reference)
 
     def log_density(x: Tensor) -> Tensor:
         f = _flat_scores(energy(x), x.shape[0], "the energy network")

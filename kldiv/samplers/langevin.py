@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from kldiv._checks import count, flag, positive_number
 from kldiv.densities import Density, LatentEBM, Samples
 from kldiv.densities.base import _gaussian_reference_log_prob, _per_sample
 from kldiv.samplers.base import Sampler, _target
@@ -111,25 +112,29 @@ class Langevin(Sampler):
         callback: Callable[[int, LangevinState], None] | None = None,
         compile: bool = False,
     ):
-        if int(steps) < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
-        sizes = step_size.values() if isinstance(step_size, Mapping) else (step_size,)
-        if not all(float(s) > 0 for s in sizes):
-            raise ValueError(f"step sizes must be positive, got {step_size!r}")
-        if sigma_ref is not None and not float(sigma_ref) > 0:
-            raise ValueError(f"sigma_ref must be positive, got {sigma_ref!r}")
-        if clip_grad is not None and not float(clip_grad) > 0:
-            raise ValueError(f"clip_grad must be positive, got {clip_grad!r}")
-        if not isinstance(compile, bool):
-            raise TypeError(f"compile must be True or False, got {compile!r}")
+        steps = count("steps", steps)
+        if isinstance(step_size, Mapping):
+            if not step_size:
+                raise ValueError("step_size must be a number or a non-empty mapping variable -> number, got {}")
+            step_size = {v: positive_number(f"the step size of {v!r}", s) for v, s in step_size.items()}
+        else:
+            step_size = positive_number("step_size", step_size)
+        sigma_ref = positive_number("sigma_ref", sigma_ref, optional=True)
+        clip_grad = positive_number("clip_grad", clip_grad, optional=True)
+        flag("noise", noise)
+        flag("compile", compile)
         if shape is not None and not isinstance(init, str):
             raise ValueError("shape is for a start given by name; give it to the Start object instead")
-        self.steps = int(steps)
-        self.step_size = dict(step_size) if isinstance(step_size, Mapping) else float(step_size)
+        self.steps = steps
+        self.step_size = step_size
         self.init = _as_start(init, shape)
-        self.noise = bool(noise)
-        self.sigma_ref = None if sigma_ref is None else float(sigma_ref)
-        self.clip_grad = None if clip_grad is None else float(clip_grad)
+        self.noise = noise
+        self.sigma_ref = sigma_ref
+        self.clip_grad = clip_grad
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable as callback(t, state) or None, got {callback!r}")
         self.generator = generator
         self.callback = callback
         self.compile = compile

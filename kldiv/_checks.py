@@ -1,0 +1,35 @@
+"""Argument checks shared by the public constructors: a bad value is refused by its name."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+__all__: list[str] = []
+
+
+def positive_number(name: str, value: object, *, optional: bool = False) -> float | None:
+    """``value`` as a float if it is a finite real number > 0 (``None`` too when ``optional``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number > 0{' or None' if optional else ''}, got {value!r}")
+    if not (math.isfinite(float(value)) and float(value) > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def count(name: str, value: object, *, minimum: int = 0) -> int:
+    """``value`` as an int if it is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def flag(name: str, value: object) -> bool:
+    """``value`` if it is ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
