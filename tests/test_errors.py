@@ -23,7 +23,7 @@ from kldiv import KL, DataDensity, EnergyPrior, Factor, GeneratorDensity, Latent
 from kldiv import errors as kerr
 from kldiv.errors import CheckpointError, CompileError, InputError, NonFiniteError, ShapeError
 from kldiv.nn import EnergyXZ, GaussianEncoder, Generator
-from kldiv.samplers import Langevin
+from kldiv.samplers import NUTS, Langevin, PersistentStart
 from kldiv.train import load_checkpoint, save_checkpoint
 from recipe_runner import load_recipe
 
@@ -129,11 +129,33 @@ SAMPLERS = {
 }
 
 
+OTHER_SAMPLERS = {
+    "negative warmup": (lambda: NUTS(warmup=-1), ValueError, "warmup must be an integer >= 0, got -1"),
+    "fractional warmup": (lambda: NUTS(warmup=2.5), TypeError, "warmup must be an integer"),
+    "nan NUTS step": (lambda: NUTS(step_size=math.nan), ValueError, "step_size must be a finite number > 0"),
+    "acceptance above one": (lambda: NUTS(target_accept=1.5), ValueError, "target_accept must be a probability"),
+    "tree of no depth": (lambda: NUTS(max_tree_depth=0), ValueError, "max_tree_depth must be an integer >= 1"),
+    "HMC of no steps": (lambda: NUTS(hmc_steps=0), ValueError, "hmc_steps must be an integer >= 1"),
+    "mass a word": (lambda: NUTS(full_mass="no"), TypeError, "full_mass must be True or False"),
+    "fractional buffer": (lambda: PersistentStart(capacity=2.5), TypeError, "capacity must be an integer >= 1"),
+    "buffer a bool": (lambda: PersistentStart(capacity=True), TypeError, "capacity must be an integer"),
+    "reinit as text": (lambda: PersistentStart(reinit="0.1"), ValueError, "reinit must be a probability"),
+    "buffer noise a number": (lambda: PersistentStart(noise=3), TypeError, "noise must be 'uniform', 'normal'"),
+}
+
+
 @pytest.mark.parametrize("case", list(SAMPLERS))
 def test_bad_sampler_arguments_are_refused_when_built(case):
     kwargs, kind, words = SAMPLERS[case]
     with pytest.raises(kind, match=re.escape(words)):
         Langevin(**kwargs)
+
+
+@pytest.mark.parametrize("case", list(OTHER_SAMPLERS))
+def test_bad_nuts_and_buffer_arguments_are_refused_when_built(case):
+    build, kind, words = OTHER_SAMPLERS[case]
+    with pytest.raises(kind, match=re.escape(words)):
+        build()
 
 
 @pytest.mark.parametrize("case", list(DENSITIES))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from kldiv._checks import count, flag, positive_number
 from kldiv.densities import Density, Samples
 from kldiv.samplers.base import Sampler, _target
 from kldiv.samplers.kernel import _per_sample
@@ -64,17 +65,20 @@ class NUTS(Sampler):
         max_tree_depth: int = 10,
         full_mass: bool = True,
     ):
-        if int(thin) < 1:
-            raise ValueError(f"thin must be >= 1, got {thin}")
-        self.warmup = int(warmup)
-        self.thin = int(thin)
+        self.warmup = count("warmup", warmup)
+        self.thin = count("thin", thin, minimum=1)
         self.shapes = _as_shapes(shape, "NUTS")
+        if initial is not None and not isinstance(initial, Mapping):
+            raise TypeError(f"initial must be a mapping variable -> tensor or None, got {initial!r}")
         self.initial = None if initial is None else dict(initial)
-        self.hmc_steps = None if hmc_steps is None else int(hmc_steps)
-        self.step_size = float(step_size)
-        self.target_accept = float(target_accept)
-        self.max_tree_depth = int(max_tree_depth)
-        self.full_mass = bool(full_mass)
+        self.hmc_steps = None if hmc_steps is None else count("hmc_steps", hmc_steps, minimum=1)
+        self.step_size = positive_number("step_size", step_size)
+        target_accept = positive_number("target_accept", target_accept)
+        if not target_accept < 1:
+            raise ValueError(f"target_accept must be a probability in (0, 1), got {target_accept!r}")
+        self.target_accept = target_accept
+        self.max_tree_depth = count("max_tree_depth", max_tree_depth, minimum=1)
+        self.full_mass = flag("full_mass", full_mass)
 
     def __repr__(self) -> str:
         kind = "NUTS" if self.hmc_steps is None else f"HMC({self.hmc_steps} steps)"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import abc
+import numbers
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
+from kldiv._checks import count
 from kldiv.densities import Density
 
 if TYPE_CHECKING:
@@ -160,11 +162,12 @@ class PersistentStart(Start):
         *,
         shape: int | tuple[int, ...] | Mapping[str, int | tuple[int, ...]] | None = None,
     ):
-        if int(capacity) < 1:
-            raise ValueError(f"capacity must be positive, got {capacity}")
-        if not 0.0 <= float(reinit) <= 1.0:
-            raise ValueError(f"reinit must be a probability, got {reinit}")
-        self.capacity = int(capacity)
+        capacity = count("capacity", capacity, minimum=1)
+        if isinstance(reinit, bool) or not isinstance(reinit, numbers.Real) or not 0.0 <= float(reinit) <= 1.0:
+            raise ValueError(f"reinit must be a probability in [0, 1], got {reinit!r}")
+        if not isinstance(noise, (NoiseStart, str)):
+            raise TypeError(f"noise must be 'uniform', 'normal' or a NoiseStart, got {noise!r}")
+        self.capacity = capacity
         self.reinit = float(reinit)
         self.noise = noise if isinstance(noise, NoiseStart) else NoiseStart(noise, shape=shape)
         self.buffer: dict[str, Tensor] | None = None
