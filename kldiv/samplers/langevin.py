@@ -165,12 +165,16 @@ class Langevin(Sampler):
             compile=self.compile,
         )
 
+    def _refuse_a_second_reference(self, density: Density) -> None:
+        reference = getattr(density, "reference", None)
+        if self.sigma_ref is not None and reference is not None:
+            raise ValueError(f"{density.name} already has a Gaussian reference (sigma {reference:g}); "
+                             f"a sampler with sigma_ref={self.sigma_ref:g} would add a second one: drop one of them")
+
     def sample(self, density: Density, ev: Evaluator, n: int) -> Samples:
         """Run the chains for ``density`` and return their final positions (detached)."""
         variables, energy = _target(density)
-        if self.sigma_ref is not None and getattr(density, "reference", None) is not None:
-            raise ValueError(f"{density.name} already has a Gaussian reference (sigma {density.reference:g}); "
-                             f"a sampler with sigma_ref={self.sigma_ref:g} would add a second one: drop one of them")
+        self._refuse_a_second_reference(density)
         start, token = self.init.draw(variables, ev, n, self.generator)
         final = self._run(start, energy, self.callback)
         self.init.update(token, final)
@@ -208,9 +212,7 @@ class Langevin(Sampler):
             raise TypeError(f"posterior needs a LatentEBM or an energy f(x, z), got {density!r}")
         reference = density.reference if isinstance(density, LatentEBM) else None
         if reference is not None:
-            if self.sigma_ref is not None:
-                raise ValueError(f"{density.name} already has a Gaussian reference (sigma {reference:g}); "
-                                 f"a sampler with sigma_ref={self.sigma_ref:g} would add a second one")
+            self._refuse_a_second_reference(density)
             f_xz = energy
             energy = lambda x_, z_: _per_sample(f_xz(x_, z_)) + _gaussian_reference_log_prob(z_, reference)  # noqa: E731
         x = x.detach()
