@@ -247,6 +247,23 @@ class Density(abc.ABC):
             >>> p.log_prob({"x": torch.zeros(4, 3), "z": torch.zeros(4, 2)}).shape
             torch.Size([4])
         """
+        terms = self.log_prob_terms(values, **inputs)
+        return functools.reduce(torch.add, terms.values()) if terms else self._no_terms(values)
+
+    def log_prob_terms(self, values: Mapping[str, Tensor], **inputs: Tensor) -> dict[str, Tensor]:
+        r"""The computable terms of `log_prob`, each with its sign, one number per row, by label.
+
+        Their sum is `log_prob`; one term alone says what ranks the rows, e.g.
+        the reconstruction $\log \mathcal N(x; g(z), \sigma^2 I)$ against the
+        prior's $f_\alpha(z) + \log \mathcal N(z; 0, I)$ in an anomaly score.
+
+        Examples:
+            >>> import torch
+            >>> from kldiv import GeneratorDensity
+            >>> p = GeneratorDensity(torch.nn.Linear(2, 3), latent_shape=2, sigma=1.0)
+            >>> list(p.log_prob_terms({"x": torch.zeros(4, 3), "z": torch.zeros(4, 2)}))
+            ['log N(z; 0, I)', 'log N(x; g(z), σ²I)']
+        """
         missing = [v for v in self.variables if v not in values]
         if missing:
             raise ValueError(f"{self!r}.log_prob needs a value for every variable; missing {missing}")
@@ -255,12 +272,18 @@ class Density(abc.ABC):
             raise ValueError(f"{self!r}.log_prob takes tensors with one common number of rows, got {sizes}")
         s = Samples({v: values[v] for v in self.variables})
         ev = _DirectEvaluator(inputs, s)
-        total = torch.zeros(s.n, dtype=ev.dtype, device=ev.device)
+        out: dict[str, Tensor] = {}
         for t in self.terms():
             if t.computable and t.evaluate is not None:
-                out = t.evaluate(ev, s)
-                total = total + t.sign * (_per_sample(out) if out.dim() else out.expand(s.n))
-        return total
+                value = t.evaluate(ev, s)
+                value = t.sign * (_per_sample(value) if value.dim() else value.expand(s.n))
+                out[t.label] = out[t.label] + value if t.label in out else value
+        return out
+
+    def _no_terms(self, values: Mapping[str, Tensor]) -> Tensor:
+        s = Samples({v: values[v] for v in self.variables})
+        ev = _DirectEvaluator({}, s)
+        return torch.zeros(s.n, dtype=ev.dtype, device=ev.device)
 
     def uncomputed(self) -> tuple[str, ...]:
         """The labels of the terms `log_prob` leaves out (``log Z``, ``log q_data(x)``)."""
