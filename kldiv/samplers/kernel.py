@@ -20,6 +20,8 @@ from typing import NamedTuple, Union
 import torch
 from torch import Tensor
 
+from kldiv._checks import positive_number
+
 __all__ = [
     "LangevinInfo",
     "LangevinState",
@@ -153,9 +155,7 @@ def gaussian_reference(log_density: LogDensityFn, sigma: float) -> LogDensityFn:
     Returns:
         $v \mapsto \log p(v)$.
     """
-    if not float(sigma) > 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
-    scale = 0.5 / float(sigma) ** 2
+    scale = 0.5 / positive_number("sigma", sigma) ** 2
 
     def with_reference(position: Position) -> Tensor:
         out = log_density(position)
