@@ -7,8 +7,10 @@ remaining 20% plus every image of the held-out digit (the MEG protocol,
 `kldiv.data.mnist_anomaly_split`).  Each model scores an image as
 `kldiv.evaluate.scorer` does: the latent EBM by its energy at the encoder mean,
 -f(x, mu_q(x)), the generator with a latent-space EBM prior by its negative
-log joint at the encoder mean, -log p(x, mu_q(x)) (Pang et al. 2020), an EBM
-on x by -f(x), the VAE by its negative ELBO.  The metric is the area under the
+log joint at the encoder mean, -log p(x, mu_q(x)) (Pang et al. 2020), and
+beside it (its own column) at the end of Pang et al.'s posterior Langevin chain
+(20 steps of 0.1, with noise) started at the encoder mean, -log p(x, z_20), an
+EBM on x by -f(x), the VAE by its negative ELBO.  The metric is the area under the
 precision-recall curve (AUPRC), averaged over the last ``--average-last``
 epochs as the paper does: the recipe runs to the first of them, then resumes
 one epoch at a time, and its checkpoint is scored after each.
@@ -69,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA_ROOT, MODELS, load_recipe  # noqa: E402
 
 from kldiv.data import mnist_anomaly_split  # noqa: E402
-from kldiv.evaluate import load_run, scorer  # noqa: E402
+from kldiv.evaluate import energy_prior_density, load_run, scorer  # noqa: E402
 from kldiv.metrics import anomaly_auprc, plot_energy_histograms, plot_precision_recall  # noqa: E402
 
 PAPER = {1: 0.297, 4: 0.723, 5: 0.676, 7: 0.490, 9: 0.383}
@@ -91,11 +93,22 @@ def test_images(split, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, labels
 
 
-def score_run(run_dir: Path, x: torch.Tensor, ema: bool, device: str) -> torch.Tensor:
-    """Anomaly scores of the test images by the run's checkpoint (its moving average with ``ema``)."""
+def score_run(run_dir: Path, x: torch.Tensor, ema: bool, device: str, posterior: bool = False) -> torch.Tensor:
+    """Anomaly scores of the test images by the run's checkpoint (its moving average with ``ema``;
+    at the end of the posterior chain from the encoder mean with ``posterior``)."""
     state, nets, _ = load_run(run_dir, device=device, ema=ema)
-    score, _ = scorer(nets, state["config"], device)
+    score, _ = scorer(nets, state["config"], device, posterior=posterior)
     return score(x)
+
+
+KEYS = {"last": "auprc", "ema": "auprc_ema", "posterior": "auprc_posterior"}
+KIND_NAMES = {"auprc": "", "auprc_ema": ", EMA", "auprc_posterior": ", posterior chain"}
+
+
+def kinds_of(model: str, args) -> tuple[str, ...]:
+    """How a model's checkpoints are scored: the last step's weights, their moving average with
+    ``--ema``, and for the EBM prior also at the end of Pang et al.'s posterior chain (last weights)."""
+    return ("last", *(("ema",) if args.ema else ()), *(("posterior",) if model == "latent-prior-ebm" else ()))
 
 
 def plot(model: str, digit: int, s: torch.Tensor, labels: torch.Tensor, out: Path) -> None:
@@ -110,7 +123,7 @@ def epoch_auprcs(scores: dict[str, torch.Tensor], labels: torch.Tensor, share: f
     """One epoch's AUPRCs: on the test set as it is, and with the anomalies weighted to ``share`` of it."""
     out = {}
     for kind, s in scores.items():
-        key = "auprc" if kind == "last" else "auprc_ema"
+        key = KEYS[kind]
         out[key] = anomaly_auprc(s, labels)
         out[f"{key}_natural"] = anomaly_auprc(s, labels, anomaly_share=share)
     return out
@@ -129,7 +142,7 @@ def summary(per_epoch: list[dict[str, float]]) -> dict:
 
 def score_epoch(ckpt: Path, x, labels, kinds, device: str, save: Path) -> dict[str, torch.Tensor]:
     """Score the test images by a checkpoint (each kind of weights) and keep the scores in ``save``."""
-    scores = {kind: score_run(ckpt, x, kind == "ema", device) for kind in kinds}
+    scores = {kind: score_run(ckpt, x, kind == "ema", device, kind == "posterior") for kind in kinds}
     torch.save({"checkpoint": ckpt.name, "scores": scores, "labels": labels}, save)
     return scores
 
@@ -150,7 +163,7 @@ def train(model: str, split, args, out: Path) -> dict:
     x, labels = test_images(split, args.test_images)
     shares = dict(zip(("share_test", "share_mnist"), split.held_out_shares()))
     device = "cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    kinds = ("last", "ema") if args.ema else ("last",)
+    kinds = kinds_of(model, args)
     per_epoch_auprcs = []
     t0 = time.perf_counter()
     first = args.epochs - args.average_last + 1
@@ -170,9 +183,8 @@ def train(model: str, split, args, out: Path) -> dict:
 
 def rescore(args, settings: dict) -> None:
     """Score again the checkpoints of the last ``--average-last`` epochs that each run kept, and
-    recompute its AUPRCs (both kinds) in the results run with these settings."""
+    recompute its AUPRCs (every kind) in the results run with these settings."""
     out = Path(args.out)
-    kinds = ("last", "ema") if args.ema else ("last",)
     for digit in args.digits:
         f = out / f"digit{digit}.json"
         results = json.loads(f.read_text()) if f.exists() else {}
@@ -190,13 +202,54 @@ def rescore(args, settings: dict) -> None:
             per_epoch = []
             for i, ckpt in enumerate(kept):
                 epoch = args.epochs - args.average_last + 1 + i
-                scores = score_epoch(ckpt, x, labels, kinds, "cpu", where / f"scores-epoch{epoch:03d}.pt")
+                scores = score_epoch(ckpt, x, labels, kinds_of(model, args), "cpu",
+                                     where / f"scores-epoch{epoch:03d}.pt")
                 per_epoch.append(epoch_auprcs(scores, labels, shares["share_mnist"]))
                 print(f"  {model} digit {digit} {ckpt.name}: AUPRC "
                       + ", ".join(f"{k} {v:.3f}" for k, v in per_epoch[-1].items()), flush=True)
             results[model] = {**results[model], **summary(per_epoch), **shares}
         if results:
             f.write_text(json.dumps(results, indent=2))
+
+
+def term_auprcs(args, settings: dict) -> str:
+    """Which term of the EBM prior's score ranks the anomalies: the AUPRC of each term of
+    -log p(x, mu_q(x)) alone, and of the prior's two together, at every kept checkpoint."""
+    out = Path(args.out)
+    rows, names = {}, []
+    for digit in args.digits:
+        if "latent-prior-ebm" not in load_results(out, settings).get(digit, {}):
+            continue
+        split = mnist_anomaly_split(args.data_root, digit, download=args.download)
+        x, labels = test_images(split, args.test_images)
+        kept = sorted((out / f"digit{digit}" / "latent-prior-ebm").glob("checkpoint-[0-9]*.pt"))[-args.average_last:]
+        per_epoch: dict[str, list[float]] = {}
+        for ckpt in kept:
+            state, nets, _ = load_run(ckpt, device="cpu", ema=False)
+            p = energy_prior_density(nets, state["config"])
+            for net in nets.values():
+                net.eval()
+            with torch.no_grad():
+                terms = [p.log_prob_terms({"x": b, "z": nets["encoder"](b).mean}) for b in x.split(500)]
+            terms = {k: torch.cat([t[k] for t in terms]) for k in terms[0]}
+            prior = [k for k in terms if k in {t.label for t in p.terms() if t.factor == "z"}]  # p_alpha(z)'s
+            scores = {"-log p(x, mu_q(x))": -sum(terms.values()), **{f"-[{k}]": -v for k, v in terms.items()},
+                      f"-[{' + '.join(prior)}]": -sum(terms[k] for k in prior)}
+            for name, sc in scores.items():
+                per_epoch.setdefault(name, []).append(anomaly_auprc(sc, labels))
+        names = list(per_epoch)
+        rows[digit] = {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+                       for k, v in per_epoch.items()}
+        print(f"  digit {digit}: " + ", ".join(f"{k} {m:.3f}" for k, (m, _) in rows[digit].items()), flush=True)
+    lines = ["| held-out digit | EBM prior (Pang 2020) | " + " | ".join(f"`{n}`" for n in names) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    for digit, r in rows.items():
+        lines.append(f"| {digit} | {PANG[digit]:.3f} | " + " | ".join(f"{r[n][0]:.3f} ± {r[n][1]:.3f}" for n in names)
+                     + " |")
+    text = "\n".join(lines)
+    (out / "terms.md").write_text(text + "\n")
+    print(text)
+    return text
 
 
 def replot(args) -> None:
@@ -251,9 +304,9 @@ def print_shares(args) -> str:
 def table(results: dict, args, command: str) -> str:
     """The table of every digit and model in ``results``, beside the published numbers."""
     models = [m for m in MODELS if any(m in r for r in results.values())]
-    kinds = [("auprc", "")] + ([("auprc_ema", ", EMA")] if args.ema else [])
     cols = [(m, key + natural, f"{MODELS[m][1]}{suffix}{', at MNIST share' if natural else ''} (kldiv)")
-            for m in models for key, suffix in kinds for natural in ("", "_natural")]
+            for m in models for key, suffix in KIND_NAMES.items() for natural in ("", "_natural")
+            if any(key + natural in r.get(m, {}) for r in results.values())]
     lines = [
         "| held-out digit | share of the test set (of MNIST) | worst AUPRC (at MNIST share) | "
         + " | ".join(a for a, _ in ANCHORS) + " | " + " | ".join(c[2] for c in cols) + " |",
@@ -308,6 +361,9 @@ def main(argv=None):
     ap.add_argument("--rescore", action="store_true",
                     help="score the checkpoints each run kept of its last --average-last epochs again, update "
                          "its AUPRCs and rewrite table.md, training nothing")
+    ap.add_argument("--terms", action="store_true",
+                    help="the AUPRC of each term of the EBM prior's score alone, at the checkpoints each run "
+                         "kept (writes terms.md), training nothing")
     ap.add_argument("--shares", action="store_true",
                     help="print each digit's share of the test set and of MNIST, and the worst AUPRC at each, "
                          "beside the published numbers, training nothing")
@@ -326,6 +382,8 @@ def main(argv=None):
     flags = [f"--{k.replace('_', '-')} {v}" if k != "recipe_args" else f"--recipe-args={shlex.quote(v)}"
              for k, v in settings.items() if v != ap.get_default(k)]
     command = " ".join(["python benchmarks/anomaly_mnist.py", *flags])
+    if args.terms:
+        return term_auprcs(args, settings)
     if args.rescore:
         rescore(args, settings)
     elif not args.table_only:

@@ -120,7 +120,19 @@ def generator_samples(generator: torch.nn.Module, latent_dim: int, n: int, devic
     return torch.cat([generator(zb.to(device)) for zb in z[:n].split(500)])[:n]
 
 
-def scorer(nets: dict, cfg: dict, device: str = "cpu", *, reference: bool = True):
+def energy_prior_density(nets: dict, cfg: dict):
+    r"""The joint $p_{\alpha,\theta}(x, z) = p_\alpha(z)\, p_\theta(x \mid z)$ of a run of a generator
+    with an energy-based prior (networks ``generator`` and ``prior``), for scoring (no sampler)."""
+    from kldiv.densities import EnergyPrior, GeneratorDensity
+
+    d = cfg["latent_dim"]
+    return GeneratorDensity(nets["generator"], latent_shape=d, sigma=cfg["sigma"], prior=EnergyPrior(nets["prior"], d))
+
+
+POSTERIOR_STEPS, POSTERIOR_STEP_SIZE = 20, 0.1  # the posterior chain of Pang et al.'s code, with noise
+
+
+def scorer(nets: dict, cfg: dict, device: str = "cpu", *, reference: bool = True, posterior: bool = False):
     r"""The model's anomaly score (higher: more anomalous) and its formula, or ``(None, None)``.
 
     The energy at the encoder mean for a latent EBM (``EnergyXZ``), the energy
@@ -134,8 +146,14 @@ def scorer(nets: dict, cfg: dict, device: str = "cpu", *, reference: bool = True
         cfg: the run's config (``sigma`` for the likelihood, ``sigma_ref`` for the reference).
         device: where to run them.
         reference: include the EBM's reference; ``False`` scores by $-f(x)$ alone.
+        posterior: for a generator with an energy-based prior, score at the end of
+            Pang et al.'s posterior chain (20 Langevin steps of size 0.1 with
+            noise, seeded 0) started at the encoder mean, $-\log p(x, z_T)$;
+            ``(None, None)`` for every other model.
     """
     G, I, E, F_ = nets.get("generator"), nets.get("encoder"), nets.get("energy"), nets.get("prior")
+    if posterior and not (E is None and F_ is not None and G is not None and I is not None):
+        return None, None
     if E is not None:
         if type(E).__name__ == "EnergyXZ":
             return (lambda x: metrics.latent_ebm_scores(E, I, x, device=device)), "-f(x, mu_q(x))"
@@ -145,10 +163,14 @@ def scorer(nets: dict, cfg: dict, device: str = "cpu", *, reference: bool = True
         return ((lambda x: metrics.marginal_ebm_scores(E, x, device=device, reference=sigma)),
                 f"-f(x) - log N(x; 0, {sigma:g}²I)")
     if F_ is not None and G is not None and I is not None:
-        from kldiv.densities import EnergyPrior, GeneratorDensity
+        p = energy_prior_density(nets, cfg)
+        if posterior:
+            from kldiv.samplers import Langevin
 
-        d = cfg["latent_dim"]
-        p = GeneratorDensity(G, latent_shape=d, sigma=cfg["sigma"], prior=EnergyPrior(F_, d))
+            chain = Langevin(POSTERIOR_STEPS, POSTERIOR_STEP_SIZE,
+                             generator=torch.Generator(device=device).manual_seed(0))
+            return ((lambda x: metrics.generator_joint_scores(p, I, x, device=device, posterior=chain)),
+                    f"-log p(x, z_{POSTERIOR_STEPS}), posterior Langevin from mu_q(x)")
         return (lambda x: metrics.generator_joint_scores(p, I, x, device=device)), "-log p(x, mu_q(x))"
     if G is not None and I is not None and "sigma" in cfg:
         return (lambda x: metrics.negative_elbo_scores(G, I, x, sigma=cfg["sigma"], device=device)), "-ELBO(x)"
@@ -225,16 +247,23 @@ def evaluate(
             report["fid_note"] = f"{len(fake)} samples against {min(len(test), len(fake))} test images"
 
     score, score_name = scorer(nets, cfg, device)
+    # other scores of the same model, side by side: f alone for an EBM with a reference,
+    # the posterior chain's end for a generator with an energy-based prior
+    others = {suffix: alt for suffix, alt in (("without_reference", scorer(nets, cfg, device, reference=False)),
+                                              ("posterior", scorer(nets, cfg, device, posterior=True)))
+              if alt[0] is not None and alt[1] != score_name}
     if score is not None:
         s_in = score(test)
         if anomalies is not None:
+            labels = torch.cat([torch.zeros(len(test)), torch.ones(len(anomalies))])
+            share = split.held_out_shares()[1] if cfg["data"] == "mnist" else None
             s_out = score(anomalies)
-            labels = torch.cat([torch.zeros(len(s_in)), torch.ones(len(s_out))])
-            scores = torch.cat([s_in, s_out])
-            report["anomaly_auprc"] = metrics.anomaly_auprc(scores, labels)
-            if cfg["data"] == "mnist":  # the pooled protocol: a third of its test set is the held-out digit
-                report["anomaly_auprc_at_mnist_share"] = metrics.anomaly_auprc(
-                    scores, labels, anomaly_share=split.held_out_shares()[1])
+            for suffix, s in (("", score), *((f"_{k}", alt) for k, (alt, _) in others.items())):
+                both = torch.cat([s_in, s_out]) if s is score else torch.cat([s(test), s(anomalies)])
+                report[f"anomaly_auprc{suffix}"] = metrics.anomaly_auprc(both, labels)
+                if share is not None:  # the pooled protocol: a third of its test set is the held-out digit
+                    report[f"anomaly_auprc_at_mnist_share{suffix}"] = metrics.anomaly_auprc(
+                        both, labels, anomaly_share=share)
         g = torch.Generator().manual_seed(1)
         shape = (min(len(test), 2000), *test.shape[1:])
         ood = {
@@ -255,12 +284,10 @@ def evaluate(
         scores = {name: score(x.to(device)) for name, x in ood.items()}
         report["ood_score"] = score_name
         report["ood_auroc"] = {name: metrics.ood_auroc(s_in, s) for name, s in scores.items()}
-        alone, alone_name = scorer(nets, cfg, device, reference=False)
-        if alone_name != score_name:  # an EBM with a reference: the network's f alone, for comparison
-            a_in = alone(test)
-            report["ood_score_without_reference"] = alone_name
-            report["ood_auroc_without_reference"] = {
-                name: metrics.ood_auroc(a_in, alone(x.to(device))) for name, x in ood.items()}
+        for suffix, (alt, alt_name) in others.items():
+            a_in = alt(test)
+            report[f"ood_score_{suffix}"] = alt_name
+            report[f"ood_auroc_{suffix}"] = {name: metrics.ood_auroc(a_in, alt(x.to(device))) for name, x in ood.items()}
         if skipped:
             report["ood_skipped"] = skipped
         if anomalies is not None:

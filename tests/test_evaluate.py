@@ -31,6 +31,11 @@ def test_evaluate_a_run_from_its_checkpoint(recipe, score, tmp_path):
     else:
         assert "ood_skipped" in report
     assert (out / "energy_histograms.png").stat().st_size > 1000
+    if recipe == "latent_prior_ebm":  # beside it, at the end of Pang et al.'s posterior chain from mu_q(x)
+        assert report["ood_score_posterior"] == "-log p(x, z_20), posterior Langevin from mu_q(x)"
+        assert set(report["ood_auroc_posterior"]) == set(report["ood_auroc"])
+    else:
+        assert "ood_score_posterior" not in report
 
 
 def test_evaluate_scores_the_mcmc_teaching_ebm_by_its_density_with_the_reference(tmp_path):
@@ -68,11 +73,18 @@ def test_anomaly_benchmark_trains_by_the_recipes_and_writes_its_table(tmp_path):
     assert "| 4 | 0.351 (0.097) | 0.200 (0.050) |" in table  # the digit's share of the test set, of MNIST
     assert "python benchmarks/anomaly_mnist.py --epochs 2 --average-last 2 --epoch-steps 3 --width 4" in table
     assert "latent EBM (2020), EMA (kldiv)" in table and "latent-space EBM prior (Pang 2020) (kldiv)" in table
+    assert "latent-space EBM prior (Pang 2020), posterior chain (kldiv)" in table
+    assert "latent EBM (2020), posterior chain" not in table  # only the EBM prior has the chain's score
     result = json.loads((tmp_path / "digit4.json").read_text())
     assert set(result) == {"latent-ebm", "latent-prior-ebm"}
     for r in result.values():
         assert len(r["auprc_per_epoch"]) == len(r["auprc_ema_per_epoch"]) == 2 and 0 < r["auprc"] <= 1
         assert len(r["auprc_natural_per_epoch"]) == len(r["auprc_ema_natural_per_epoch"]) == 2
+    assert len(result["latent-prior-ebm"]["auprc_posterior_per_epoch"]) == 2
+    # which term of the EBM prior's score ranks the anomalies: each alone, at the kept checkpoints
+    terms = module.main([*common, "--terms"])
+    assert "`-log p(x, mu_q(x))`" in terms and "`-[log N(x; g(z), σ²I)]`" in terms
+    assert "`-[f(z) + log N(z; 0, I)]`" in terms and terms.count("\n| 4 | 0.630 |") == 1
     # each epoch's scores are kept, and its checkpoint: scoring them again gives the same AUPRCs
     where = tmp_path / "digit4" / "latent-ebm"
     assert len(list(where.glob("scores-epoch*.pt"))) == len(list(where.glob("checkpoint-*.pt"))) == 2

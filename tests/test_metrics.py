@@ -273,10 +273,68 @@ def test_negative_elbo_scores_match_the_closed_form_of_a_linear_gaussian_vae():
     assert torch.equal(scores, again)  # seeded draws
     assert encoder.training and generator.training  # restored
     for bad in (0.0, -1.0, math.nan):
-        with pytest.raises(ValueError, match="sigma must be a positive number"):
+        with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
             metrics.negative_elbo_scores(generator, encoder, x, sigma=bad)
-    with pytest.raises(ValueError, match="samples must be a positive int"):
+    with pytest.raises(TypeError, match="sigma must be a finite number > 0"):
+        metrics.negative_elbo_scores(generator, encoder, x, sigma="0.3")
+    with pytest.raises(ValueError, match="samples must be an integer >= 1"):
         metrics.negative_elbo_scores(generator, encoder, x, sigma=1.0, samples=0)
+    with pytest.raises(TypeError, match="samples must be an integer >= 1"):
+        metrics.negative_elbo_scores(generator, encoder, x, sigma=1.0, samples=True)
+
+
+class QuadraticPriorEnergy(nn.Module):
+    """f(z) = -a |z|^2 / 2: the energy-based prior exp f(z) N(z; 0, I) is N(0, I / (1 + a))."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a))
+
+    def forward(self, z):
+        return -0.5 * self.a * z.square().sum(1)
+
+
+def test_generator_joint_scores_at_the_encoder_mean_and_at_the_end_of_a_posterior_chain():
+    from kldiv import EnergyPrior, GeneratorDensity
+    from kldiv.samplers import Langevin
+
+    torch.manual_seed(0)
+    x = torch.randn(10, 1, 2, 2)
+    encoder, generator, sigma, a = GaussianEncoder(4, 3), LinearGenerator(3, (1, 2, 2)), 0.7, 0.5
+    p = GeneratorDensity(generator, latent_shape=3, sigma=sigma, prior=EnergyPrior(QuadraticPriorEnergy(a), 3))
+    with torch.no_grad():
+        mu, w = encoder.loc(x.flatten(1)), generator.lin.weight
+        at_mean = -p.log_prob({"x": x, "z": mu})
+        # the posterior's mode: (W'W / s^2 + (1 + a) I)^-1 W' x / s^2
+        mode = torch.linalg.solve(w.T @ w / sigma**2 + (1 + a) * torch.eye(3), (x.flatten(1) @ w / sigma**2).T).T
+        at_mode = -p.log_prob({"x": x, "z": mode})
+    torch.testing.assert_close(metrics.generator_joint_scores(p, encoder, x, batch_size=4), at_mean)
+    # a noise-free chain climbs from the encoder's mean to the mode
+    climb = metrics.generator_joint_scores(p, encoder, x, batch_size=4, posterior=Langevin(400, 0.3, noise=False))
+    torch.testing.assert_close(climb, at_mode, rtol=1e-4, atol=1e-4)
+    assert (climb < at_mean).all()
+    # with noise: a posterior sample's score, repeated exactly by a seeded chain
+    chain = lambda: Langevin(20, 0.1, generator=torch.Generator().manual_seed(3))  # noqa: E731
+    noisy = metrics.generator_joint_scores(p, encoder, x, posterior=chain())
+    assert torch.equal(noisy, metrics.generator_joint_scores(p, encoder, x, posterior=chain()))
+    assert not torch.allclose(noisy, at_mean) and (noisy >= at_mode - 1e-5).all()
+    with pytest.raises(ValueError, match="sigma_ref=1, a second prior on z"):
+        metrics.generator_joint_scores(p, encoder, x, posterior=Langevin(5, 0.1, sigma_ref=1.0))
+    with pytest.raises(TypeError, match="posterior must be a Langevin sampler"):
+        metrics.generator_joint_scores(p, encoder, x, posterior="langevin")
+
+
+def test_log_prob_terms_sum_to_the_log_prob():
+    from kldiv import EnergyPrior, GeneratorDensity
+
+    torch.manual_seed(0)
+    x, z = torch.randn(5, 1, 2, 2), torch.randn(5, 3)
+    p = GeneratorDensity(LinearGenerator(3, (1, 2, 2)), latent_shape=3, sigma=0.7,
+                         prior=EnergyPrior(QuadraticPriorEnergy(0.5), 3))
+    terms = p.log_prob_terms({"x": x, "z": z})
+    assert list(terms) == ["f(z)", "log N(z; 0, I)", "log N(x; g(z), σ²I)"]  # log Z cannot be computed
+    torch.testing.assert_close(sum(terms.values()), p.log_prob({"x": x, "z": z}))
+    torch.testing.assert_close(terms["f(z)"], -0.25 * z.square().sum(1))
 
 
 def test_scores_feed_auroc_end_to_end():

@@ -10,12 +10,13 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from kldiv._checks import positive_number
+from kldiv._checks import count, positive_number
 from kldiv.densities.base import _gaussian_reference_log_prob
 from kldiv.metrics._common import Images, _batches, _device_of, _evaluation_mode
 
 if TYPE_CHECKING:
     from kldiv.densities import Density
+    from kldiv.samplers import Langevin
 
 __all__ = ["generator_joint_scores", "latent_ebm_scores", "marginal_ebm_scores", "negative_elbo_scores"]
 
@@ -187,10 +188,8 @@ def negative_elbo_scores(
     Returns:
         The scores, a float tensor of shape ``(n,)`` on the CPU, in nats; higher means more anomalous.
     """
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a positive number, got {sigma!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    sigma = positive_number("sigma", sigma)
+    samples = count("samples", samples, minimum=1)
     dev = _device_of(generator, device)
     g = torch.Generator(device="cpu").manual_seed(seed)
     out = []
@@ -221,6 +220,7 @@ def generator_joint_scores(
     *,
     batch_size: int = 500,
     device: torch.device | str | None = None,
+    posterior: Langevin | None = None,
 ) -> Tensor:
     r"""OOD / anomaly scores of a generator density: its log joint at the inferred latent vector, negated.
 
@@ -234,6 +234,14 @@ def generator_joint_scores(
     latent vector, the decision function of Pang et al. (2020, §5.4), with the
     encoder's mean in place of their posterior Langevin samples.
 
+    With ``posterior`` (a [`Langevin`][kldiv.samplers.Langevin] sampler), the
+    latent vector is instead that sampler's chain on the posterior
+    $p(z \mid x) \propto p(x, z)$ started at the encoder's mean (an amortised
+    start), and the score is $-\log p(x, z_T)$: Pang et al.'s decision
+    function with their posterior chain (their code: 20 steps of size 0.1,
+    with noise), the encoder saving it the walk from $\mathcal N(0, I)$.  Seed
+    the sampler (``seed=``) for scores that repeat.
+
     Arguments:
         density: a density over ``("x", "z")``, e.g. a
             [`GeneratorDensity`][kldiv.GeneratorDensity] (with any prior).
@@ -241,17 +249,30 @@ def generator_joint_scores(
         images: a tensor ``(n, C, H, W)`` or an iterable of batches.
         batch_size: batch size when ``images`` is a tensor.
         device: where to run; default the device of ``encoder``'s parameters.
+        posterior: a Langevin sampler whose posterior chain refines the encoder's mean
+            (its steps, step size and noise); ``None`` scores at the mean itself.
 
     Returns:
         The scores, a float tensor of shape ``(n,)`` on the CPU; higher means more anomalous.
     """
     if tuple(density.variables) != ("x", "z"):
         raise ValueError(f"generator_joint_scores needs a density over (x, z), got {density!r}")
+    if posterior is not None and not callable(getattr(posterior, "posterior", None)):
+        raise TypeError(f"posterior must be a Langevin sampler (with a posterior chain), got {posterior!r}")
+    if getattr(posterior, "sigma_ref", None) is not None:
+        raise ValueError(f"the posterior sampler has sigma_ref={posterior.sigma_ref:g}, a second prior on z: "
+                         f"log p(x, z) already holds the density's prior; drop sigma_ref")
+
+    def joint(x: Tensor, z: Tensor) -> Tensor:
+        return density.log_prob({"x": x, "z": z})
 
     def at_encoder_mean(x: Tensor) -> Tensor:
         q = encoder(x)
         if not isinstance(q, Distribution):
             raise TypeError(f"the encoder must return a torch/pyro distribution over z, got {type(q).__name__}")
-        return density.log_prob({"x": x, "z": q.mean})
+        z = q.mean
+        if posterior is not None:
+            z = posterior.posterior(joint, x, z)
+        return joint(x, z)
 
     return _negated_scores(at_encoder_mean, images, batch_size, device, encoder, *density.networks().values())
