@@ -24,6 +24,7 @@ from kldiv import errors as kerr
 from kldiv.errors import CheckpointError, CompileError, InputError, NonFiniteError, ShapeError
 from kldiv.nn import EnergyXZ, GaussianEncoder, Generator
 from kldiv.samplers import NUTS, Langevin, PersistentStart
+from kldiv.samplers.kernel import gaussian_reference
 from kldiv.train import load_checkpoint, save_checkpoint
 from recipe_runner import load_recipe
 
@@ -138,6 +139,10 @@ OTHER_SAMPLERS = {
     "HMC of no steps": (lambda: NUTS(hmc_steps=0), ValueError, "hmc_steps must be an integer >= 1"),
     "mass a word": (lambda: NUTS(full_mass="no"), TypeError, "full_mass must be True or False"),
     "fractional buffer": (lambda: PersistentStart(capacity=2.5), TypeError, "capacity must be an integer >= 1"),
+    "infinite reference": (lambda: gaussian_reference(lambda v: v.sum(1), math.inf), ValueError,
+                           "sigma must be a finite number > 0, got inf"),
+    "reference a word": (lambda: gaussian_reference(lambda v: v.sum(1), "0.1"), TypeError,
+                         "sigma must be a finite number > 0"),
     "buffer a bool": (lambda: PersistentStart(capacity=True), TypeError, "capacity must be an integer"),
     "reinit as text": (lambda: PersistentStart(reinit="0.1"), ValueError, "reinit must be a probability"),
     "buffer noise a number": (lambda: PersistentStart(noise=3), TypeError, "noise must be 'uniform', 'normal'"),
