@@ -166,6 +166,13 @@ def _format_coef(c: float, first: bool) -> tuple[str, str]:
     return sign, "" if mag == 1 else f"{mag:g}·"
 
 
+def _not_a_bool(scalar: object, doing: str) -> None:
+    """A coefficient is a number; ``True`` is a flag that Python would silently read as 1."""
+    if isinstance(scalar, bool):
+        raise CompileError(f"cannot {doing} {scalar!r}: an expression's coefficients must be finite real numbers, "
+                           "not True or False")
+
+
 class Expression:
     r"""A signed sum $\sum_j c_j D_j$ of divergences between densities.
 
@@ -214,6 +221,7 @@ class Expression:
     def __mul__(self, scalar: float) -> Expression:
         if not isinstance(scalar, numbers.Real):
             return NotImplemented
+        _not_a_bool(scalar, f"multiply {self} by")
         return Expression((c * float(scalar), d) for c, d in self.items)
 
     __rmul__ = __mul__
@@ -221,6 +229,7 @@ class Expression:
     def __truediv__(self, scalar: float) -> Expression:
         if not isinstance(scalar, numbers.Real):
             return NotImplemented
+        _not_a_bool(scalar, f"divide {self} by")
         if scalar == 0:
             raise CompileError(f"cannot divide {self} by zero: an expression's coefficients must be finite")
         return self * (1.0 / float(scalar))

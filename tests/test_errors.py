@@ -19,7 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kldiv import KL, DataDensity, EnergyPrior, Factor, GeneratorDensity, LatentEBM, MarginalEBM, S
+from kldiv import KL, DataDensity, DecoupledEBLVM, EnergyPrior, Factor, GeneratorDensity, LatentEBM, MarginalEBM, S
 from kldiv import errors as kerr
 from kldiv.errors import CheckpointError, CompileError, InputError, NonFiniteError, ShapeError
 from kldiv.nn import EnergyXZ, GaussianEncoder, Generator
@@ -62,6 +62,8 @@ EXPRESSIONS = {
     "infinite coefficient": (lambda: _kl() * math.inf, "must be finite real numbers"),
     "division by zero": (lambda: _kl() / 0, "cannot divide"),
     "coefficients that overflow": (lambda: (lambda kl: 1e308 * kl + 1e308 * kl)(_kl()), "sum to inf"),
+    "multiplied by True": (lambda: _kl() * True, "not True or False"),
+    "divided by False": (lambda: _kl() / False, "not True or False"),
     "negative weight": (lambda: KL(*densities()[:2], weights={"z": -1.0}), "weight of 'z' must be a finite positive"),
     "nan weight": (lambda: KL(*densities()[:2], weights={"z": math.nan}), "weight of 'z' must be a finite positive"),
 }
@@ -103,6 +105,16 @@ DENSITIES = {
     "zero reference": (lambda: MarginalEBM(_lin(), reference=0.0), ValueError, "reference must be a finite number > 0"),
     "infinite reference": (lambda: MarginalEBM(_lin(), reference=math.inf), ValueError, "reference must be a finite"),
     "reference as text": (lambda: LatentEBM(_lin(), reference="0.016"), TypeError, "reference must be a finite"),
+    "energy a function": (lambda: MarginalEBM(lambda x: x.sum(1)), TypeError,
+                          "the energy of MarginalEBM must be an nn.Module"),
+    "sampler a number": (lambda: LatentEBM(_lin(), sampler=3), TypeError,
+                         "the sampler of LatentEBM must be a kldiv.samplers.Sampler"),
+    "prior sampler a function": (lambda: EnergyPrior(_lin(), 2, sampler=lambda n: n), TypeError,
+                                 "the sampler of EnergyPrior must be a kldiv.samplers.Sampler"),
+    "with_sampler of nothing": (lambda: MarginalEBM(_lin()).with_sampler(None), TypeError,
+                                "must be a kldiv.samplers.Sampler (e.g. Langevin(steps, step_size)), got None"),
+    "decoupled without encoder": (lambda: DecoupledEBLVM(_lin(), None), TypeError,
+                                  "the encoder of DecoupledEBLVM must be an nn.Module"),
 }
 
 

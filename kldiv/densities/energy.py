@@ -20,6 +20,16 @@ if TYPE_CHECKING:
 __all__ = ["DecoupledEBLVM", "EnergyBased", "EnergyPrior", "LatentEBM", "MarginalEBM"]
 
 
+def _as_sampler(sampler: object, owner: str, *, optional: bool = True) -> Sampler | None:
+    """``sampler`` if it is a kldiv sampler (or ``None`` when ``optional``), else a TypeError naming it."""
+    from kldiv.samplers import Sampler
+
+    if (sampler is None and optional) or isinstance(sampler, Sampler):
+        return sampler
+    raise TypeError(f"the sampler of {owner} must be a kldiv.samplers.Sampler (e.g. Langevin(steps, step_size))"
+                    f"{' or None' if optional else ''}, got {sampler!r}")
+
+
 class EnergyBased(Density):
     r"""An energy-based density on any network: $\pi(v) = \exp f(v) / Z$ over the variables ``variables``.
 
@@ -79,8 +89,11 @@ class EnergyBased(Density):
             self.variables = self._energy_reads = variables
         elif not self._energy_reads:
             raise TypeError("EnergyBased needs the variables its energy reads: EnergyBased(f, variables=('x',))")
+        if not isinstance(energy, nn.Module):
+            raise TypeError(f"the energy of {type(self).__name__} must be an nn.Module (a network "
+                            f"returning f per sample), got {type(energy).__name__}")
         self.energy = energy
-        self.sampler = sampler
+        self.sampler = _as_sampler(sampler, type(self).__name__)
         self.reference = _as_reference(reference)
         self.reference_terms = () if self.reference is None else tuple(
             _gaussian_reference_term(v, self.reference) for v in self._energy_reads)
@@ -118,7 +131,7 @@ class EnergyBased(Density):
     def with_sampler(self, sampler: Sampler):
         """A copy of this density that draws its samples with ``sampler``."""
         new = copy.copy(self)
-        new.sampler = sampler
+        new.sampler = _as_sampler(sampler, type(self).__name__, optional=False)
         return new
 
     @property
@@ -283,6 +296,9 @@ class DecoupledEBLVM(EnergyBased):
             sampler = energy.sampler if sampler is None else sampler
             reference = energy.reference
             energy = energy.energy
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(f"the encoder of DecoupledEBLVM must be an nn.Module (x -> q(z|x)), "
+                            f"got {type(encoder).__name__}")
         super().__init__(energy, sampler, name, latex, reference=reference)
         self.encoder = encoder
         self.conditional = conditional_term(encoder)
