@@ -373,6 +373,38 @@ def test_score_helpers_reject_bad_networks():
         marginal_ebm_scores(QuadraticEnergy(), x, batch_size=0)
 
 
+def test_scores_refuse_what_cannot_be_scored_by_name():
+    from kldiv import GeneratorDensity
+    from kldiv.errors import ShapeError
+    from kldiv.nn import GaussianEncoder, Generator
+
+    g, enc = Generator(4, (1, 8, 8), width=4), GaussianEncoder((1, 8, 8), 4, width=4)
+    p, x = GeneratorDensity(g, latent_shape=4, sigma=1.0), torch.randn(5, 1, 8, 8)
+    poisoned = x.clone()
+    poisoned[2, 0, 3, 3] = math.nan
+    with pytest.raises(TypeError, match="density must be a kldiv Density"):
+        metrics.generator_joint_scores(g, enc, x)
+    with pytest.raises(TypeError, match="encoder must be an nn.Module, got function"):
+        metrics.generator_joint_scores(p, lambda v: v, x)
+    with pytest.raises(TypeError, match="energy must be an nn.Module"):
+        marginal_ebm_scores(lambda v: v.sum(1), x)
+    with pytest.raises(TypeError, match="generator must be an nn.Module"):
+        metrics.negative_elbo_scores(None, enc, x, sigma=1.0)
+    with pytest.raises(ValueError, match="1 non-finite values .* in the images"):
+        metrics.generator_joint_scores(p, enc, poisoned)
+    with pytest.raises(ValueError, match="in a batch of the images"):
+        marginal_ebm_scores(QuadraticEnergy(), [(poisoned, 0)])
+    with pytest.raises(ValueError, match="no images to score"):
+        metrics.generator_joint_scores(p, enc, x[:0])
+    with pytest.raises(ValueError, match="non-finite values .* in the reconstructions"):
+        metrics.reconstruction_error(x, poisoned)
+    for score in (lambda v: metrics.generator_joint_scores(p, enc, v),
+                  lambda v: metrics.negative_elbo_scores(g, enc, v, sigma=1.0)):
+        with pytest.raises(ShapeError, match=r"on images of shape \(5, 1, 9, 9\)") as info:
+            score(torch.randn(5, 1, 9, 9))
+        assert isinstance(info.value.network_error, RuntimeError)
+
+
 # --------------------------------------------------------------------------- #
 # Fréchet distance
 # --------------------------------------------------------------------------- #

@@ -23,6 +23,9 @@ def _batches(data: Images, batch_size: int) -> Iterator[Tensor]:
     if isinstance(data, Tensor):
         if data.ndim == 0:
             raise ValueError("expected a batch of images of shape (n, ...), got a scalar tensor")
+        if data.shape[0] == 0:
+            raise ValueError(f"no images to score: got a tensor of shape {tuple(data.shape)}")
+        _finite(data, "the images")
         yield from data.split(batch_size)
         return
     if isinstance(data, np.ndarray):
@@ -34,7 +37,38 @@ def _batches(data: Images, batch_size: int) -> Iterator[Tensor]:
             item = item[0]
         if not isinstance(item, Tensor):
             raise TypeError(f"expected batches of image tensors, got {type(item).__name__}")
+        _finite(item, "a batch of the images")
         yield item
+
+
+def _finite(x: Tensor, what: str) -> None:
+    """Refuse images holding NaN or inf: every score of them would be meaningless."""
+    if x.is_floating_point() or x.is_complex():
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise ValueError(f"{bad} non-finite values (NaN or inf) in {what}: a score or error of them would be NaN")
+
+
+def _network(name: str, value: object) -> nn.Module:
+    """``value`` if it is an ``nn.Module``, else a TypeError that names the argument."""
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be an nn.Module, got {type(value).__name__}")
+    return value
+
+
+def _run(f, x: Tensor, what: str):
+    """``f(x)``, with a failure of the networks on these images (their shape, most often) named
+    before the network's own error, which stays on the exception as ``network_error``."""
+    from kldiv.errors import ShapeError
+
+    try:
+        return f(x)
+    except RuntimeError as err:
+        exc = ShapeError(f"{what} failed on images of shape {tuple(x.shape)} {x.dtype}: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}. Check that the images have the shape "
+                         "and range the networks were trained on.")
+        exc.network_error = err
+        raise exc from None
 
 
 def _device_of(module: nn.Module | None, device: torch.device | str | None) -> torch.device:

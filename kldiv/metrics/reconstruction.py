@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from kldiv.metrics._common import _finite
+
 __all__ = ["ReconstructionError", "reconstruction_error"]
 
 # --------------------------------------------------------------------------- #
@@ -71,6 +73,8 @@ def reconstruction_error(images: Tensor, reconstructions: Tensor) -> Reconstruct
         )
     if images.ndim < 2 or images.shape[0] == 0:
         raise ValueError(f"expected a non-empty batch of shape (n, ...), got {tuple(images.shape)}")
+    _finite(images, "the images")
+    _finite(reconstructions, "the reconstructions")
     n = images.shape[0]
     diff = images.detach().to(torch.float64) - reconstructions.detach().to(
         device=images.device, dtype=torch.float64

@@ -12,7 +12,7 @@ from torch.distributions import Distribution
 
 from kldiv._checks import count, positive_number
 from kldiv.densities.base import _gaussian_reference_log_prob
-from kldiv.metrics._common import Images, _batches, _device_of, _evaluation_mode
+from kldiv.metrics._common import Images, _batches, _device_of, _evaluation_mode, _network, _run
 
 if TYPE_CHECKING:
     from kldiv.densities import Density
@@ -50,7 +50,8 @@ def _negated_scores(
     with torch.no_grad(), _evaluation_mode(*modules):
         for x in _batches(images, batch_size):
             x = x.to(dev)
-            out.append(-_flat_scores(f(x), x.shape[0], "the energy network").detach().to(dtype).cpu())
+            f_x = _flat_scores(_run(f, x, "the score"), x.shape[0], "the energy network")
+            out.append(-f_x.detach().to(dtype).cpu())
     if not out:
         raise ValueError("no images to score")
     return torch.cat(out)
@@ -97,6 +98,7 @@ def marginal_ebm_scores(
         Kan et al., *Bi-level Doubly Variational Learning for Energy-based Latent
         Variable Models*, CVPR 2022, Table 4. [arXiv:2203.14702](https://arxiv.org/abs/2203.14702)
     """
+    _network("energy", energy)
     if reference is None:
         return _negated_scores(energy, images, batch_size, device, energy)
     sigma = positive_number("reference", reference)
@@ -151,6 +153,8 @@ def latent_ebm_scores(
             )
         return energy(x, q.mean)
 
+    _network("energy", energy)
+    _network("encoder", encoder)
     return _negated_scores(at_encoder_mean, images, batch_size, device, energy, encoder)
 
 
@@ -188,26 +192,31 @@ def negative_elbo_scores(
     Returns:
         The scores, a float tensor of shape ``(n,)`` on the CPU, in nats; higher means more anomalous.
     """
+    _network("generator", generator)
+    _network("encoder", encoder)
     sigma = positive_number("sigma", sigma)
     samples = count("samples", samples, minimum=1)
     dev = _device_of(generator, device)
     g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def negative_elbo(x: Tensor) -> Tensor:
+        q = encoder(x)
+        if not isinstance(q, Distribution):
+            raise TypeError(f"the encoder must return a torch/pyro distribution over z, got {type(q).__name__}")
+        mu, sd = q.mean, q.stddev
+        kl = 0.5 * (mu.square() + sd.square() - 1 - 2 * sd.log()).flatten(1).sum(1)
+        sse = torch.zeros(x.shape[0], device=dev)
+        for _ in range(samples):
+            z = mu + sd * torch.randn(mu.shape, generator=g).to(dev)
+            sse += (x - generator(z)).flatten(1).square().sum(1) / samples
+        d = x[0].numel()
+        return 0.5 * sse / sigma**2 + 0.5 * d * math.log(2 * math.pi * sigma**2) + kl
+
     out = []
     with torch.no_grad(), _evaluation_mode(generator, encoder):
         for x in _batches(images, batch_size):
             x = x.to(dev)
-            q = encoder(x)
-            if not isinstance(q, Distribution):
-                raise TypeError(f"the encoder must return a torch/pyro distribution over z, got {type(q).__name__}")
-            mu, sd = q.mean, q.stddev
-            kl = 0.5 * (mu.square() + sd.square() - 1 - 2 * sd.log()).flatten(1).sum(1)
-            sse = torch.zeros(x.shape[0], device=dev)
-            for _ in range(samples):
-                z = mu + sd * torch.randn(mu.shape, generator=g).to(dev)
-                sse += (x - generator(z)).flatten(1).square().sum(1) / samples
-            d = x[0].numel()
-            nll = 0.5 * sse / sigma**2 + 0.5 * d * math.log(2 * math.pi * sigma**2)
-            out.append((nll + kl).float().cpu())
+            out.append(_run(negative_elbo, x, "the negative ELBO").float().cpu())
     if not out:
         raise ValueError("no images to score")
     return torch.cat(out)
@@ -255,6 +264,12 @@ def generator_joint_scores(
     Returns:
         The scores, a float tensor of shape ``(n,)`` on the CPU; higher means more anomalous.
     """
+    from kldiv.densities import Density
+
+    if not isinstance(density, Density):
+        raise TypeError(f"density must be a kldiv Density over (x, z), e.g. a GeneratorDensity, "
+                        f"got {type(density).__name__}")
+    _network("encoder", encoder)
     if tuple(density.variables) != ("x", "z"):
         raise ValueError(f"generator_joint_scores needs a density over (x, z), got {density!r}")
     if posterior is not None and not callable(getattr(posterior, "posterior", None)):
