@@ -437,6 +437,8 @@ class Game:
             raise TypeError("a player needs an objective: an Expression built from KL and S")
         if not over:
             raise ValueError("name the densities or networks the player trains")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"a player's name is a non-empty string (the key of its loss), got {name!r}")
         networks: dict[int, nn.Module] = {}
         for item in over:
             for net in _networks_of(item):

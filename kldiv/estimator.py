@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from typing import TYPE_CHECKING
 
+from kldiv._checks import flag
 from kldiv.densities import Density, EnergyBased, Samples, Term
 from kldiv.densities import base as _base
 from kldiv.densities.base import _densities_of, _Namer
@@ -66,8 +67,9 @@ class Estimator(nn.Module):
             raise CompileError("the game has no players; add one with minimize or maximize")
         super().__init__()
         self.game = game
-        self.values = values
-        self.baseline = bool(baseline)
+        self.values = flag("values", values)
+        self.baseline = flag("baseline", baseline)
+        flag("closed_form", closed_form)
         densities = game.densities()
         self._namer = _Namer(densities)
         payers: dict[int, Density] = {}
@@ -140,7 +142,8 @@ class Estimator(nn.Module):
         self._check_inputs(named)
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise InputError(f"n, the number of samples, must be a positive int, got {n!r}")
-        return Round(self, named, n=n, values=self.values if values is None else bool(values))
+        values = self.values if values is None else flag("values, whether the round evaluates value-only terms,", values)
+        return Round(self, named, n=n, values=values)
 
     def _check_inputs(self, named: Mapping[str, object]) -> None:
         """Refuse a batch no network can take, before any network runs: its type,

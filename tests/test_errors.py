@@ -137,6 +137,10 @@ SAMPLERS = {
     "infinite sigma_ref": (dict(steps=3, step_size=0.1, sigma_ref=math.inf), ValueError, "sigma_ref must be a finite"),
     "infinite clip": (dict(steps=3, step_size=0.1, clip_grad=math.inf), ValueError, "clip_grad must be a finite"),
     "noise a word": (dict(steps=3, step_size=0.1, noise="yes"), TypeError, "noise must be True or False"),
+    "start shape of no size": (dict(steps=3, step_size=0.1, init="normal", shape={"z": (0,)}), ValueError,
+                               "the shape of 'z' must have sizes of at least 1"),
+    "start shape a word": (dict(steps=3, step_size=0.1, init="normal", shape="12"), TypeError,
+                           "shape must be an int, a tuple, or a mapping"),
     "generator a seed": (dict(steps=3, step_size=0.1, generator=0), TypeError, "generator must be a torch.Generator"),
     "callback not callable": (dict(steps=3, step_size=0.1, callback=1), TypeError, "callback must be callable"),
 }
@@ -179,6 +183,23 @@ def test_bad_nuts_and_buffer_arguments_are_refused_when_built(case):
 def test_bad_densities_are_refused_when_built(case):
     build, kind, words = DENSITIES[case]
     with pytest.raises(kind, match=re.escape(words)):
+        build()
+
+
+GAMES = {
+    "player named by a number": (lambda: _kl().minimize(densities()[0], name=3), "a player's name is a non-empty"),
+    "values a word": (lambda: _kl().minimize(densities()[0]).compile(values="no"), "values must be True or False"),
+    "closed form a word": (lambda: _kl().minimize(densities()[0]).compile(closed_form="yes"),
+                           "closed_form must be True or False"),
+    "a round's values a word": (lambda: triangle().round(torch.randn(4, 1, 8, 8), values="yes"),
+                                "must be True or False, got 'yes'"),
+}
+
+
+@pytest.mark.parametrize("case", list(GAMES))
+def test_bad_game_arguments_are_refused_by_name(case):
+    build, words = GAMES[case]
+    with pytest.raises(TypeError, match=re.escape(words)):
         build()
 
 

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from kldiv._checks import count
 from kldiv.densities import Density
+from kldiv.densities.base import _as_shape
 
 if TYPE_CHECKING:
     from kldiv.densities import Evaluator
@@ -20,14 +21,16 @@ __all__ = ["AmortizedStart", "NoiseStart", "PersistentStart", "Start"]
 
 
 def _as_shapes(shape, what: str) -> dict[str, tuple[int, ...]] | None:
+    """The shape (without the batch dimension) of each variable a start draws, each size at least 1."""
     if shape is None:
         return None
     if isinstance(shape, Mapping):
-        return {k: ((int(s),) if isinstance(s, int) else tuple(int(i) for i in s)) for k, s in shape.items()}
-    if isinstance(shape, int):
-        return {"x": (int(shape),)}
-    if isinstance(shape, (tuple, list)):
-        return {"x": tuple(int(i) for i in shape)}
+        for k in shape:
+            if not isinstance(k, str) or not k:
+                raise TypeError(f"{what}: shape maps variable names to shapes, got the key {k!r}")
+        return {k: _as_shape(s, f"{what}: the shape of {k!r}") for k, s in shape.items()}
+    if isinstance(shape, (numbers.Integral, tuple, list, torch.Size)) and not isinstance(shape, bool):
+        return {"x": _as_shape(shape, f"{what}: shape")}
     raise TypeError(f"{what}: shape must be an int, a tuple, or a mapping variable -> shape, got {shape!r}")
 
 
