@@ -68,7 +68,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA_ROOT, MODELS, load_recipe  # noqa: E402
+from common import DATA_ROOT, MODELS, at_least, load_recipe  # noqa: E402
 
 from kldiv.data import mnist_anomaly_split  # noqa: E402
 from kldiv.evaluate import energy_prior_density, load_run, scorer  # noqa: E402
@@ -222,8 +222,13 @@ def term_auprcs(args, settings: dict) -> str:
             continue
         split = mnist_anomaly_split(args.data_root, digit, download=args.download)
         x, labels = test_images(split, args.test_images)
-        kept = sorted((out / f"digit{digit}" / "latent-prior-ebm").glob("checkpoint-[0-9]*.pt"))[-args.average_last:]
+        where = out / f"digit{digit}" / "latent-prior-ebm"
+        kept = sorted(where.glob("checkpoint-[0-9]*.pt"))[-args.average_last:]
+        if len(kept) < args.average_last:
+            raise SystemExit(f"{where} keeps {len(kept)} checkpoints (checkpoint-STEP.pt), fewer than the "
+                             f"last {args.average_last} epochs'")
         per_epoch: dict[str, list[float]] = {}
+        spread: dict[str, list[float]] = {}
         for ckpt in kept:
             state, nets, _ = load_run(ckpt, device="cpu", ema=False)
             p = energy_prior_density(nets, state["config"])
@@ -237,16 +242,21 @@ def term_auprcs(args, settings: dict) -> str:
                       f"-[{' + '.join(prior)}]": -sum(terms[k] for k in prior)}
             for name, sc in scores.items():
                 per_epoch.setdefault(name, []).append(anomaly_auprc(sc, labels))
+                spread.setdefault(name, []).append(sc.std().item())
         names = list(per_epoch)
-        rows[digit] = {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
-                       for k, v in per_epoch.items()}
-        print(f"  digit {digit}: " + ", ".join(f"{k} {m:.3f}" for k, (m, _) in rows[digit].items()), flush=True)
+        rows[digit] = {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0,
+                           statistics.fmean(spread[k])) for k, v in per_epoch.items()}
+        print(f"  digit {digit}: " + ", ".join(f"{k} {m:.3f}" for k, (m, _, _) in rows[digit].items()), flush=True)
+    if not rows:
+        raise SystemExit(f"{out} holds no EBM prior results run with these settings for digits {args.digits}: "
+                         "train them first (--models latent-prior-ebm), with the same settings")
     lines = ["| held-out digit | EBM prior (Pang 2020) | " + " | ".join(f"`{n}`" for n in names) + " |",
              "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
     for digit, r in rows.items():
-        lines.append(f"| {digit} | {PANG[digit]:.3f} | " + " | ".join(f"{r[n][0]:.3f} ± {r[n][1]:.3f}" for n in names)
-                     + " |")
-    text = "\n".join(lines)
+        lines.append(f"| {digit} | {PANG[digit]:.3f} | "
+                     + " | ".join(f"{r[n][0]:.3f} ± {r[n][1]:.3f} (sd {r[n][2]:.3g})" for n in names) + " |")
+    text = "\n".join(lines) + ("\n\nEach cell: the term's AUPRC alone, mean ± sd over the kept epochs, and (sd) "
+                               "the spread of its values over the test images, in nats")
     (out / "terms.md").write_text(text + "\n")
     print(text)
     return text
@@ -337,19 +347,19 @@ def table(results: dict, args, command: str) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    ap.add_argument("--digits", type=int, nargs="+", default=[1, 4, 5, 7, 9])
+    ap.add_argument("--digits", type=at_least(0, 9), nargs="+", default=[1, 4, 5, 7, 9])
     ap.add_argument("--models", nargs="+", default=["latent-ebm", "vae", "latent-prior-ebm"], choices=list(MODELS))
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--average-last", type=int, default=5, help="average the AUPRC over the last this many epochs")
-    ap.add_argument("--epoch-steps", type=int, default=0, help="steps per epoch (0: one pass over the training set)")
-    ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--latent-dim", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--epochs", type=at_least(1), default=12)
+    ap.add_argument("--average-last", type=at_least(1), default=5, help="average the AUPRC over the last this many epochs")
+    ap.add_argument("--epoch-steps", type=at_least(0), default=0, help="steps per epoch (0: one pass over the training set)")
+    ap.add_argument("--width", type=at_least(1), default=16)
+    ap.add_argument("--latent-dim", type=at_least(1), default=16)
+    ap.add_argument("--batch-size", type=at_least(1), default=100)
     ap.add_argument("--ema", type=float, default=0.0,
                     help="also score the moving average of the weights with this decay (0: off)")
     ap.add_argument("--recipe-args", default="", help='further options for every recipe, e.g. --recipe-args="--sigma 0.3"')
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--test-images", type=int, default=0, help="score only this many test images (0: all)")
+    ap.add_argument("--test-images", type=at_least(0), default=0, help="score only this many test images (0: all)")
     ap.add_argument("--data-root", default=str(DATA_ROOT))
     ap.add_argument("--download", action="store_true")
     ap.add_argument("--device", default="auto")

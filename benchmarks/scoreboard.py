@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA_ROOT, MODELS, load_recipe  # noqa: E402
+from common import DATA_ROOT, MODELS, at_least, load_recipe  # noqa: E402
 
 from kldiv import metrics  # noqa: E402
 from kldiv.data import anomaly_split  # noqa: E402
@@ -258,11 +258,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--width", type=int, default=16, help="channel width of every network")
     ap.add_argument("--latent-dim", type=int, default=16, help="dimension of z of every model")
     ap.add_argument("--batch-size", type=int, default=100)
-    ap.add_argument("--hold-out", type=int, default=4, help="the digit left out of training, the anomaly")
+    ap.add_argument("--hold-out", type=at_least(0, 9), default=4, help="the digit left out of training, the anomaly")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    ap.add_argument("--samples", type=int, default=2000, help="generated images per Fréchet distance")
-    ap.add_argument("--test-images", type=int, default=10000, help="test images scored per data set")
+    ap.add_argument("--samples", type=at_least(2), default=2000, help="generated images per Fréchet distance")
+    ap.add_argument("--test-images", type=at_least(1), default=10000, help="test images scored per data set")
     ap.add_argument("--fid", action="store_true",
                     help="also the Inception FID of the samples (pip install 'kldiv[fid]'; slow on a CPU)")
     ap.add_argument("--mcmc-args", default=None, help='extra arguments of the MCMC-teaching recipe '
@@ -271,7 +271,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--download", action="store_true")
     ap.add_argument("--out", default="runs/scoreboard")
     ap.add_argument("--evaluate-only", action="store_true", help="score the finished runs in --out again")
-    ap.add_argument("--time-steps", type=int, default=60,
+    ap.add_argument("--time-steps", type=at_least(0), default=60,
                     help="measure steps/s on runs of this many steps after scoring (0: from the training runs)")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.width < 1 or args.latent_dim < 1 or args.batch_size < 1:

@@ -144,3 +144,24 @@ def test_training_curves_of_a_run(tmp_path):
     assert path == out / "curves.png" and path.stat().st_size > 5000
     with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
         plot_main([str(tmp_path)])
+
+
+@pytest.mark.parametrize(("script", "argv", "words"), [
+    ("anomaly_mnist", ["--digits", "1", "11"], "argument --digits: must be between 0 and 9, got 11"),
+    ("anomaly_mnist", ["--test-images", "-3"], "argument --test-images: must be at least 0, got -3"),
+    ("anomaly_mnist", ["--epochs", "two"], "argument --epochs: expected an integer, got 'two'"),
+    ("scoreboard", ["--hold-out", "10"], "argument --hold-out: must be between 0 and 9, got 10"),
+    ("scoreboard", ["--samples", "1"], "argument --samples: must be at least 2, got 1"),
+])
+def test_the_benchmarks_refuse_bad_flags_by_name_and_write_nothing(script, argv, words, tmp_path, capsys):
+    module = load_script(REPO / "benchmarks" / f"{script}.py")
+    with pytest.raises(SystemExit) as info:
+        module.main([*argv, "--out", str(tmp_path / "out")])
+    assert info.value.code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_terms_of_a_run_that_is_not_there_are_refused(tmp_path):
+    module = load_script(REPO / "benchmarks" / "anomaly_mnist.py")
+    with pytest.raises(SystemExit, match="holds no EBM prior results run with these settings"):
+        module.main(["--terms", "--digits", "1", "--out", str(tmp_path), "--data-root", str(SHARED)])
