@@ -17,7 +17,15 @@ variants:
     compile                   --compile
     channels-last             --channels-last
     compile+channels-last     --compile --channels-last
-    compile+channels-last+bf16  the same with --amp bf16 (CUDA only)
+    channels-last+bf16        --channels-last --amp bf16
+    compile+channels-last+bf16  --compile --channels-last --amp bf16
+
+bf16 is autocast (``Run.autocast``): convolutions and matrix products in
+bfloat16, the rest in float32.  A CPU runs it fast only where it has native
+bfloat16 arithmetic (AMX or AVX512-BF16, which oneDNN uses; the header
+records the CPU's flags); elsewhere it is emulated and slower than float32.
+By default the CPU runs every variant but the last (compile is slower there,
+see the results page) and a GPU runs them all.
 
 All variants of a recipe live in one process. Each first runs ``--warmup``
 steps (which absorb torch.compile's compilation, forward and backward), then
@@ -61,6 +69,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import platform
 import statistics
 import sys
 import tempfile
@@ -83,8 +92,19 @@ VARIANTS = {  # name -> the run's flags
     "compile": dict(compile=True),
     "channels-last": dict(channels_last=True),
     "compile+channels-last": dict(compile=True, channels_last=True),
-    "compile+channels-last+bf16": dict(compile=True, channels_last=True, amp="bf16"),  # CUDA only
+    "channels-last+bf16": dict(channels_last=True, amp="bf16"),
+    "compile+channels-last+bf16": dict(compile=True, channels_last=True, amp="bf16"),
 }
+CPU_DEFAULT = ("eager", "compile", "channels-last", "compile+channels-last", "channels-last+bf16")
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's native bfloat16 instruction sets (Linux), which decide whether bf16 is fast on it."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return sorted({"amx_bf16", "avx512_bf16"} & set(flags.split()))
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,7 +208,7 @@ def bench_recipe(name: str, schedule: str | None, args, device: torch.device, cl
         base["schedule"] = schedule
     shape = (args.channels, args.image_size, args.image_size)
     data = torch.rand(args.batch_size, *shape, generator=torch.Generator().manual_seed(args.seed)) * 2 - 1
-    names = [v for v in args.variants if device.type == "cuda" or "bf16" not in v]
+    names = list(args.variants)
     torch._dynamo.reset()  # the previous recipe's compiled graphs
     variants = {}
     with tempfile.TemporaryDirectory(prefix=f"recipe_speed_{name}_") as tmp:
@@ -265,8 +285,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--channels", type=int, default=3, help="image channels (CIFAR-10, SVHN: 3)")
     ap.add_argument("--repeats", type=int, default=15, help="timed rounds; each times one step of every variant")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (compilation)")
-    ap.add_argument("--variants", default=",".join(VARIANTS),
-                    help="comma-separated subset of: " + ", ".join(VARIANTS) + " (bf16: CUDA only)")
+    ap.add_argument("--variants", default=None,
+                    help="comma-separated subset of: " + ", ".join(VARIANTS)
+                    + " (default: all on a GPU; on the CPU " + ", ".join(CPU_DEFAULT) + ")")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--clock", choices=("wall", "process"), default="wall",
@@ -276,6 +297,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile", action="store_true",
                     help="also profile one step of each variant: convolutions against everything else")
     args = ap.parse_args(argv)
+    if args.variants is None:
+        args.variants = ",".join(VARIANTS if args.device.startswith("cuda") else CPU_DEFAULT)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
@@ -294,6 +317,8 @@ def main(argv=None) -> dict:
     header = {
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "clock": args.clock,
+        "cpu": platform.processor() or platform.machine(), "cpu_bf16": cpu_bf16_flags(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "width": args.width, "latent_dim": args.latent_dim, "batch_size": args.batch_size,
         "image_shape": [args.channels, args.image_size, args.image_size],
         "repeats": args.repeats, "warmup": args.warmup,
