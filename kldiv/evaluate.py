@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from kldiv import metrics
 from kldiv.data import DatasetNotFoundError, anomaly_split, load_dataset
+from kldiv.errors import CheckpointError
 from kldiv.train import build_networks, load_checkpoint
 
 __all__ = ["evaluate", "generator_samples", "latent_samples", "load_run", "main", "scorer"]
@@ -315,9 +316,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-ema", dest="ema", action="store_false",
                     help="score the last step's weights, not their moving average (runs with --ema)")
     args = ap.parse_args(argv)
-    report = evaluate(args.run_dir, data_root=args.data_root, samples=args.samples, test_images=args.test_images,
-                      fid_weights=args.fid_weights, fid=args.fid, device=args.device, download=args.download,
-                      ema=args.ema)
+    if args.samples < 2:
+        ap.error(f"--samples must be at least 2 (a Fréchet distance fits a covariance), got {args.samples}")
+    if args.test_images < 1:
+        ap.error(f"--test-images must be at least 1, got {args.test_images}")
+    try:
+        wanted = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N")
+    if wanted.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device} asks for a GPU, and torch sees none here: use --device cpu")
+    run = Path(args.run_dir)
+    if not (run.is_file() or (run / "checkpoint.pt").is_file()):
+        ap.error(f"{run} is neither a checkpoint file nor a run's folder holding checkpoint.pt "
+                 "(the --out of a recipe)")
+    try:
+        report = evaluate(run, data_root=args.data_root, samples=args.samples, test_images=args.test_images,
+                          fid_weights=args.fid_weights, fid=args.fid, device=args.device, download=args.download,
+                          ema=args.ema)
+    except (CheckpointError, DatasetNotFoundError) as err:  # kldiv's own message names the file and the fix
+        ap.exit(1, f"{ap.prog}: error: {err}\n")
     print(json.dumps(report, indent=2))
     return report
 

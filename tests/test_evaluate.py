@@ -165,3 +165,29 @@ def test_the_terms_of_a_run_that_is_not_there_are_refused(tmp_path):
     module = load_script(REPO / "benchmarks" / "anomaly_mnist.py")
     with pytest.raises(SystemExit, match="holds no EBM prior results run with these settings"):
         module.main(["--terms", "--digits", "1", "--out", str(tmp_path), "--data-root", str(SHARED)])
+
+
+def test_evaluate_refuses_what_it_cannot_score_with_one_line_and_no_traceback(tmp_path, capsys):
+    out = tmp_path / "vae"
+    on_mnist = (SHARED / "MNIST").exists()  # a run on MNIST needs its data root again to be scored
+    load_recipe("vae").main([*TINY, "--out", str(out), *(["--data", "mnist", "--data-root", str(SHARED)]
+                                                        if on_mnist else [])])
+    (tmp_path / "notes.json").write_text("{}")
+    cases = [
+        ([str(tmp_path / "nothing")], 2, "neither a checkpoint file nor a run's folder holding checkpoint.pt"),
+        ([str(out), "--samples", "1"], 2, "--samples must be at least 2"),
+        ([str(out), "--test-images", "0"], 2, "--test-images must be at least 1"),
+        ([str(out), "--device", "gpu"], 2, "--device 'gpu' is not a device"),
+        ([str(tmp_path / "notes.json")], 1, "cannot be read"),
+    ]
+    if on_mnist:
+        cases.append(([str(out), "--data-root", str(tmp_path / "no-data")], 1, "MNIST was not found under"))
+    if not torch.cuda.is_available():
+        cases.append(([str(out), "--device", "cuda"], 2, "asks for a GPU, and torch sees none here"))
+    for argv, code, words in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            evaluate_main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == code and words in err and "Traceback" not in err, (argv, err)
+    assert not (out / "evaluation.json").exists()
