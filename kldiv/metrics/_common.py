@@ -63,6 +63,8 @@ def _run(f, x: Tensor, what: str):
 
     try:
         return f(x)
+    except torch.OutOfMemoryError:
+        raise  # not the images' shape: torch's own message says what to do
     except RuntimeError as err:
         exc = ShapeError(f"{what} failed on images of shape {tuple(x.shape)} {x.dtype}: {type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}. Check that the images have the shape "
