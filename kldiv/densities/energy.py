@@ -21,10 +21,13 @@ __all__ = ["DecoupledEBLVM", "EnergyBased", "EnergyPrior", "LatentEBM", "Margina
 
 
 def _as_sampler(sampler: object, owner: str, *, optional: bool = True) -> Sampler | None:
-    """``sampler`` if it is a kldiv sampler (or ``None`` when ``optional``), else a TypeError naming it."""
-    from kldiv.samplers import Sampler
+    """``sampler`` if it is a kldiv sampler (or ``None`` when ``optional``), else a TypeError naming it.
 
-    if (sampler is None and optional) or isinstance(sampler, Sampler):
+    A sampler is recognised by the interface of `kldiv.samplers.Sampler`, ``sample`` and
+    ``sources`` (the samplers sit above the densities and are not imported here)."""
+    if sampler is None and optional:
+        return sampler
+    if sampler is not None and all(callable(getattr(sampler, m, None)) for m in ("sample", "sources")):
         return sampler
     raise TypeError(f"the sampler of {owner} must be a kldiv.samplers.Sampler (e.g. Langevin(steps, step_size))"
                     f"{' or None' if optional else ''}, got {sampler!r}")
