@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import numbers
 
+from torch import nn
+
 __all__: list[str] = []
 
 
@@ -26,6 +28,13 @@ def count(name: str, value: object, *, minimum: int = 0) -> int:
     if int(value) < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def network(name: str, value: object, *, optional: bool = False):
+    """``value`` if it is an ``nn.Module`` (``None`` too when ``optional``), else a TypeError naming it."""
+    if (value is None and optional) or isinstance(value, nn.Module):
+        return value
+    raise TypeError(f"{name} must be an nn.Module{' or None' if optional else ''}, got {type(value).__name__}")
 
 
 def flag(name: str, value: object) -> bool:

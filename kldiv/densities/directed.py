@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from kldiv._checks import network
 from kldiv.densities.base import (_LOG_2PI, Density, Evaluator, Samples, Term, _as_shape, _rsample,
                                   _standard_normal_term, conditional_term)
 from kldiv.densities.energy import EnergyPrior
@@ -97,8 +98,7 @@ class GeneratorDensity(FactoredDensity):
                 raise TypeError(f"sigma, the observation noise, must be a number, got {sigma!r}") from None
             if not (math.isfinite(sigma) and sigma > 0):
                 raise ValueError(f"sigma, the observation noise, must be positive and finite, got {sigma!r}")
-        if not isinstance(decoder, nn.Module):
-            raise TypeError(f"decoder must be an nn.Module, got {type(decoder).__name__}")
+        network("decoder", decoder)
         latent_shape = _as_shape(latent_shape)
         if isinstance(prior, EnergyPrior):
             if prior.latent_shape != latent_shape:
@@ -269,8 +269,7 @@ class DataDensity(FactoredDensity):
     ):
         if not isinstance(x, (str, Density)):
             raise TypeError(f"x must be an input name or a Density, got {type(x).__name__}")
-        if encoder is not None and not isinstance(encoder, nn.Module):
-            raise TypeError(f"encoder must be an nn.Module or None, got {type(encoder).__name__}")
+        network("encoder", encoder, optional=True)
         self.encoder = encoder
         self.reparameterized = bool(reparameterized)
         self.x_source = x

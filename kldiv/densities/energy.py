@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from kldiv._checks import positive_number
+from kldiv._checks import network, positive_number
 from kldiv.densities.base import (_NO_MODULES, Density, Evaluator, Samples, Term, _as_shape,
                                   _gaussian_reference_log_prob, _gaussian_reference_term, _per_sample, _rsample,
                                   _standard_normal_log_prob, _standard_normal_term, conditional_term)
@@ -92,10 +92,7 @@ class EnergyBased(Density):
             self.variables = self._energy_reads = variables
         elif not self._energy_reads:
             raise TypeError("EnergyBased needs the variables its energy reads: EnergyBased(f, variables=('x',))")
-        if not isinstance(energy, nn.Module):
-            raise TypeError(f"the energy of {type(self).__name__} must be an nn.Module (a network "
-                            f"returning f per sample), got {type(energy).__name__}")
-        self.energy = energy
+        self.energy = network(f"the energy of {type(self).__name__}", energy)
         self.sampler = _as_sampler(sampler, type(self).__name__)
         self.reference = _as_reference(reference)
         self.reference_terms = () if self.reference is None else tuple(
@@ -299,9 +296,7 @@ class DecoupledEBLVM(EnergyBased):
             sampler = energy.sampler if sampler is None else sampler
             reference = energy.reference
             energy = energy.energy
-        if not isinstance(encoder, nn.Module):
-            raise TypeError(f"the encoder of DecoupledEBLVM must be an nn.Module (x -> q(z|x)), "
-                            f"got {type(encoder).__name__}")
+        network("the encoder of DecoupledEBLVM", encoder)
         super().__init__(energy, sampler, name, latex, reference=reference)
         self.encoder = encoder
         self.conditional = conditional_term(encoder)

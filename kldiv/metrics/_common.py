@@ -49,13 +49,6 @@ def _finite(x: Tensor, what: str) -> None:
             raise ValueError(f"{bad} non-finite values (NaN or inf) in {what}: a score or error of them would be NaN")
 
 
-def _network(name: str, value: object) -> nn.Module:
-    """``value`` if it is an ``nn.Module``, else a TypeError that names the argument."""
-    if not isinstance(value, nn.Module):
-        raise TypeError(f"{name} must be an nn.Module, got {type(value).__name__}")
-    return value
-
-
 def _run(f, x: Tensor, what: str):
     """``f(x)``, with a failure of the networks on these images (their shape, most often) named
     before the network's own error, which stays on the exception as ``network_error``."""

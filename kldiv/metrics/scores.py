@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from kldiv._checks import count, positive_number
+from kldiv._checks import count, network, positive_number
 from kldiv.densities.base import _gaussian_reference_log_prob
-from kldiv.metrics._common import Images, _batches, _device_of, _evaluation_mode, _network, _run
+from kldiv.metrics._common import Images, _batches, _device_of, _evaluation_mode, _run
 
 if TYPE_CHECKING:
     from kldiv.densities import Density
@@ -98,7 +98,7 @@ def marginal_ebm_scores(
         Kan et al., *Bi-level Doubly Variational Learning for Energy-based Latent
         Variable Models*, CVPR 2022, Table 4. [arXiv:2203.14702](https://arxiv.org/abs/2203.14702)
     """
-    _network("energy", energy)
+    network("energy", energy)
     if reference is None:
         return _negated_scores(energy, images, batch_size, device, energy)
     sigma = positive_number("reference", reference)
@@ -153,8 +153,8 @@ def latent_ebm_scores(
             )
         return energy(x, q.mean)
 
-    _network("energy", energy)
-    _network("encoder", encoder)
+    network("energy", energy)
+    network("encoder", encoder)
     return _negated_scores(at_encoder_mean, images, batch_size, device, energy, encoder)
 
 
@@ -192,8 +192,8 @@ def negative_elbo_scores(
     Returns:
         The scores, a float tensor of shape ``(n,)`` on the CPU, in nats; higher means more anomalous.
     """
-    _network("generator", generator)
-    _network("encoder", encoder)
+    network("generator", generator)
+    network("encoder", encoder)
     sigma = positive_number("sigma", sigma)
     samples = count("samples", samples, minimum=1)
     dev = _device_of(generator, device)
@@ -269,7 +269,7 @@ def generator_joint_scores(
     if not isinstance(density, Density):
         raise TypeError(f"density must be a kldiv Density over (x, z), e.g. a GeneratorDensity, "
                         f"got {type(density).__name__}")
-    _network("encoder", encoder)
+    network("encoder", encoder)
     if tuple(density.variables) != ("x", "z"):
         raise ValueError(f"generator_joint_scores needs a density over (x, z), got {density!r}")
     if posterior is not None and not callable(getattr(posterior, "posterior", None)):
