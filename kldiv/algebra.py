@@ -67,12 +67,15 @@ class Contribution:
         source: the density the expectation is under.
         term: the log-density term $t$.
         origin: the signed divergence it came from, e.g. ``"−KL(q ‖ π)"``.
+        owner: the density whose log density the term is a term of (a side
+            of that divergence); a $\log Z$ is paid for by its owner's sampler.
     """
 
     coef: float
     source: Density
     term: Term
     origin: str
+    owner: Density | None = None
 
 
 @attrs.frozen(eq=False)
@@ -155,8 +158,8 @@ class Divergence:
             )
         a, b = self.a, self.b
         w = dict(self.weights)
-        out = [Contribution(coef * t.sign * w.get(t.factor, 1.0), a, t, origin) for t in a.terms()]
-        out += [Contribution(-coef * t.sign * w.get(t.factor, 1.0), a, t, origin) for t in b.terms()]
+        out = [Contribution(coef * t.sign * w.get(t.factor, 1.0), a, t, origin, a) for t in a.terms()]
+        out += [Contribution(-coef * t.sign * w.get(t.factor, 1.0), a, t, origin, b) for t in b.terms()]
         return out
 
 

@@ -16,7 +16,10 @@ A [`Game`][kldiv.Game] maps players to (objective, direction, networks).
    with respect to the player's networks is not identically zero must be
    computable, and its source sampleable with samples that carry the
    gradient; ``log Z`` may instead be paid for by a sampler,
-   $\nabla \log Z = E_\pi[\nabla f]$.  Otherwise compilation fails with an
+   $\nabla \log Z = E_\pi[\nabla f]$, each divergence's share by the
+   sampler of its own density (two copies of one EBM with different
+   samplers have one $\log Z$, which cancels between them, and pay for
+   what survives each with its own chains).  Otherwise compilation fails with an
    [`IntractableError`][kldiv.errors.IntractableError] naming the term, the
    divergence it came from and the player;
 5. **build the estimator**: each step draws each sample set once and runs

@@ -72,10 +72,10 @@ class Estimator(nn.Module):
         flag("closed_form", closed_form)
         densities = game.densities()
         self._namer = _Namer(densities)
-        payers: dict[int, Density] = {}
+        payers: dict[Hashable, Density] = {}  # by the normalising constant they can pay for
         for d in densities:
             if isinstance(d, EnergyBased) and d.sampler is not None:
-                payers.setdefault(id(d.energy), d)
+                payers.setdefault(d.log_normalizer.key, d)
         self.plans: dict[str, Plan] = {
             p.name: _plan(p, payers, self._namer, closed_form) for p in game.players
         }

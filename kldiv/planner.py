@@ -40,6 +40,7 @@ class Merged:
     source: Density | None
     term: Term
     origins: tuple[tuple[float, str], ...]
+    members: tuple[Contribution, ...] = ()
 
     def label(self) -> str:
         """``E_q[f(x, z)]``, or the bare term for a sample-constant one."""
@@ -137,6 +138,7 @@ def _merge(contributions: list[Contribution]) -> tuple[list[Merged], list[Merged
             source=source if first.term.reads else None,
             term=first.term,
             origins=tuple((c.coef, c.origin) for c in members),
+            members=tuple(members),
         )
         (cancelled if abs(coef) < _EPS else alive).append(merged)
     return alive, cancelled
@@ -175,7 +177,7 @@ def _closed_form(alive: list[Merged]) -> list[Merged]:
     return out
 
 
-def _plan(player: Player, payers: dict[int, Density], name: _Namer, closed_form: bool = True) -> Plan:
+def _plan(player: Player, payers: dict[Hashable, Density], name: _Namer, closed_form: bool = True) -> Plan:
     r"""Decide, for one player, how each summand of its objective is estimated.
 
     With $\theta$ the player's networks, every merged summand $c\,E_s[t]$ is
@@ -217,11 +219,12 @@ def _plan(player: Player, payers: dict[int, Density], name: _Namer, closed_form:
             continue
         used.update(id(net) for net in via_term + via_samples)
         if not t.computable:
-            payer = payers.get(id(t.normalizes)) if t.normalizes is not None else None
-            if payer is None:
+            shares = _payments(m, payers) if t.normalizes is not None else None
+            if shares is None:
                 raise IntractableError(_intractable_message(who, m, via_term, via_samples, name))
-            paid.append((m, payer))
-            fresh.setdefault(id(payer), (payer, set()))
+            for share, payer in shares:
+                paid.append((share, payer))
+                fresh.setdefault(id(payer), (payer, set()))
             continue
         if s is not None and not s.sampleable:
             raise IntractableError(
@@ -277,6 +280,51 @@ def _plan(player: Player, payers: dict[int, Density], name: _Namer, closed_form:
         fresh=tuple((d, frozenset(mods)) for d, mods in fresh.values()),
         score=tuple(score),
     )
+
+
+def _payments(m: Merged, payers: dict[Hashable, Density]) -> list[tuple[Merged, Density]] | None:
+    r"""Who pays for the surviving $\log Z$ summand ``m``, $\nabla \log Z = E_\pi[\nabla f]$, and how much.
+
+    Each contribution is paid for by the sampler of the density it is a term
+    of (its owner); one whose owner has no sampler, by another density of the
+    game with the same normalising constant and a sampler. The contributions
+    with one payer are summed: a game whose EBM has one sampler pays once, and
+    ``0.9·KL(q ‖ π) + 0.1·KL(q ‖ π')``, with $\pi'$ the same EBM with another
+    sampler (chains from noise, say), pays 0.9 with $\pi$'s samples and 0.1
+    with $\pi'$'s. What cancels still cancels, whatever samples would have
+    paid for it: where the payers' sums have both signs, those of the smaller
+    side are cancelled against the larger, which pays the net coefficient in
+    proportion to its sums. ``None`` if some contribution has no payer.
+    """
+    groups: dict[int, tuple[Density, list[Contribution]]] = {}
+    for c in m.members:
+        own = c.owner
+        payer = own if getattr(own, "sampler", None) is not None and _key(own) == m.term.key \
+            else payers.get(m.term.key)
+        if payer is None:
+            return None
+        groups.setdefault(id(payer), (payer, []))[1].append(c)
+    if not groups:  # a summand built by hand, without its contributions
+        payer = payers.get(m.term.key)
+        return None if payer is None else [(m, payer)]
+    if len(groups) == 1:
+        return [(m, next(iter(groups.values()))[0])]
+    sums = [(payer, sum(c.coef for c in cs)) for payer, cs in groups.values()]
+    side = 1.0 if m.coef > 0 else -1.0
+    majority = sum(c for _, c in sums if c * side > 0)
+    shares = [(payer, c * m.coef / majority) for payer, c in sums if c * side > 0]
+    if len(shares) == 1:
+        return [(m, shares[0][0])]
+    return [
+        (attrs.evolve(m, coef=coef, origins=tuple((c.coef, c.origin) for c in groups[id(payer)][1]),
+                      members=tuple(groups[id(payer)][1])), payer)
+        for payer, coef in shares
+    ]
+
+
+def _key(d: Density | None) -> Hashable:
+    z = getattr(d, "log_normalizer", None)
+    return None if z is None else z.key
 
 
 def _score_route(

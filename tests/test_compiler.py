@@ -99,6 +99,56 @@ def test_refuses_log_z_without_sampler_and_says_what_to_do():
         assert needle in msg, needle
 
 
+def test_each_log_z_is_paid_for_by_the_sampler_of_its_own_density():
+    """0.9 KL(q || pi) + 0.1 KL(q || pi'), pi' the same EBM with chains from noise: the EBM's
+    gradient is -E_q[grad f] + 0.9 E_pi[grad f] + 0.1 E_pi'[grad f], each mean over its own chains."""
+    from kldiv.samplers import Langevin, NoiseStart
+
+    f, q0, _ = marginal_parts()
+    pi = MarginalEBM(f, sampler=Langevin(3, 0.1, init=NoiseStart("normal")))
+    pi_noise = MarginalEBM(f, sampler=Langevin(3, 0.1, init=NoiseStart("uniform", low=-3.0, high=3.0)),
+                           name="π_noise")
+    step = (0.9 * KL(q0, pi) + 0.1 * KL(q0, pi_noise)).minimize(pi, name="ebm").compile()
+    text = step.explain()
+    assert "samples of π; +0.9 from 0.9·KL(q ‖ π)" in text
+    assert "samples of π_noise; +0.1 from 0.1·KL(q ‖ π_noise)" in text
+    x = torch.randn(N, 3, dtype=torch.float64)
+    out = step(x)
+    out.backward()
+    a, b = out.round.samples(pi)["x"], out.round.samples(pi_noise)["x"]
+    assert not torch.equal(a, b)
+    want = torch.autograd.grad(-f(x).mean() + 0.9 * f(a).mean() + 0.1 * f(b).mean(), list(f.parameters()))
+    for got, w in zip((p_.grad for p_ in f.parameters()), want):
+        torch.testing.assert_close(got, w, rtol=1e-10, atol=1e-12)
+
+
+def test_log_z_of_the_same_ebm_cancels_whatever_its_samplers():
+    from kldiv.samplers import Langevin, NoiseStart
+
+    f, q0, _ = marginal_parts()
+    pi = MarginalEBM(f, sampler=Langevin(3, 0.1, init=NoiseStart("normal")))
+    other = MarginalEBM(f, sampler=Langevin(3, 0.1, init=NoiseStart("uniform")), name="π_2")
+    q = DataDensity(x=pi, name="q_π")  # an expectation under pi keeps f alive for the player
+    step = (KL(q, pi) - KL(q, other) + KL(q0, pi)).minimize(pi, name="ebm").compile()
+    (paid,) = step.plans["ebm"].sampler_paid  # +2 by pi's chains, -1 by the others': +1 by pi's
+    assert paid[0].coef == 1.0 and paid[1] is pi
+    assert "+1 log Z(π)" in step.explain()
+
+
+def test_ebms_on_one_energy_with_other_references_have_other_log_z():
+    """exp f(x) N(x; 0, s^2 I) / Z depends on s: two references are two constants, which do not cancel."""
+    from kldiv.samplers import Langevin, NoiseStart
+
+    f, q0, _ = marginal_parts()
+    wide = MarginalEBM(f, sampler=Langevin(3, 0.1, init=NoiseStart("normal")), reference=2.0)
+    narrow = MarginalEBM(f, reference=0.5, name="π_narrow")  # no sampler for its log Z
+    with pytest.raises(IntractableError, match=r"log Z\(π_narrow\)"):
+        (KL(q0, wide) - KL(q0, narrow)).minimize(wide, name="ebm").compile()
+    plain = MarginalEBM(f, name="π_plain")  # no reference: its own log Z, not the wide one's
+    with pytest.raises(IntractableError, match=r"log Z\(π_plain\)"):
+        (KL(q0, plain) + KL(q0, wide)).minimize(wide, name="ebm").compile()
+
+
 def test_refuses_expectation_under_ebm_without_sampler():
     enc, dec, f, q, p, pi = triangle_parts()
     with pytest.raises(IntractableError, match=r"needs samples from π.*Attach a sampler"):

@@ -114,7 +114,8 @@ class EnergyBased(Density):
             factor=factor,
         )
         self.log_normalizer = Term(
-            key=("log_normalizer", energy),
+            # the integral depends on the energy, the reference and the variables it is over
+            key=("log_normalizer", energy, self.reference, self._energy_reads),
             label=f"log Z({name})",
             latex=rf"\log Z_{{{self.latex}}}",
             reads=frozenset(),
