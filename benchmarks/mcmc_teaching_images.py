@@ -22,6 +22,7 @@ into ``--out``.
 
     python benchmarks/mcmc_teaching_images.py                       # both data sets, 600 steps each: about 70 minutes on two cores
     python benchmarks/mcmc_teaching_images.py --evaluate-only       # score the finished runs in --out again
+    python benchmarks/mcmc_teaching_images.py --data mnist --noise-share 0.2 --out runs/mcmc_teaching_noise
     python benchmarks/mcmc_teaching_images.py --steps 20000 --width 64 --latent-dim 100 --device cuda
 """
 
@@ -54,7 +55,7 @@ def train(name: str, args, run_dir: Path) -> None:
     argv = ["--data", name, "--data-root", args.data_root, "--width", str(args.width),
             "--latent-dim", str(args.latent_dim), "--steps", str(args.steps), "--log-every", "50",
             "--checkpoint-every", "100", "--sample-every", str(args.steps), "--device", args.device,
-            "--seed", str(args.seed), "--out", str(run_dir)]
+            "--seed", str(args.seed), "--noise-share", str(args.noise_share), "--out", str(run_dir)]
     if (run_dir / "checkpoint.pt").exists():
         argv.append("--resume")  # an interrupted run continues; a finished one does nothing more
     load_recipe("mcmc_teaching").main(argv)
@@ -102,6 +103,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--test-images", type=int, default=10000)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--noise-share", type=float, default=0.0,
+                    help="share of the EBM's log Z gradient paid by chains from uniform noise (the recipe's flag)")
     ap.add_argument("--data-root", default=str(DATA_ROOT))
     ap.add_argument("--out", default="runs/mcmc_teaching_images")
     ap.add_argument("--evaluate-only", action="store_true", help="score the finished runs in --out again")

@@ -60,6 +60,9 @@ class Config(RunConfig):
     step_size: float = option(0.002, "Langevin step size delta", above=0)
     noise: bool = option(False, "add the Langevin noise term (the authors' code runs without)")
     sigma_ref: float = option(0.016, "Gaussian reference of the EBM (0: none)", at_least=0)
+    noise_share: float = option(0.0, "share of the EBM's log Z gradient paid by as large a share of chains started "
+                                "from uniform noise (0: the authors' code, every chain from the VAE)",
+                                at_least=0, below=1)
     lr_ebm: float = option(0.009, "learning rate of the EBM", above=0)
     lr_vae: float = option(2e-4, "learning rate of the generator and the encoder", above=0)
     beta1: float = option(0.5, "Adam beta1", at_least=0, below=1)
@@ -103,11 +106,18 @@ def game(cfg: Config, G, I, E):
     pi = MarginalEBM(E, sampler=langevin, reference=cfg.sigma_ref or None)  # exp f(x) N(x; 0, s^2 I) / Z
     q_data = DataDensity()  # the data, over x
     q_rev = DataDensity(I, x=pi, name="q_rev")  # the revised samples, taken as data, z ~ q(z|x)
+    ml = KL(q_data, pi)  # maximum likelihood; log Z paid by Langevin
+    parts = dict(p=p, pi=pi, q_data=q_data, q_rev=q_rev)
+    if cfg.noise_share:  # the same EBM, its log Z paid in part by chains from noise, which teach no VAE
+        chains = max(1, round(cfg.noise_share * (cfg.chains or cfg.batch_size)))
+        from_noise = Langevin(cfg.langevin_steps, cfg.step_size, init="uniform", noise=cfg.noise, chains=chains)
+        parts["pi_noise"] = pi_noise = pi.with_sampler(from_noise, name="π_noise")
+        ml = (1 - cfg.noise_share) * ml + cfg.noise_share * KL(q_data, pi_noise)
     g = (
-        KL(q_data, pi).minimize(pi, name="ebm")  # maximum likelihood; log Z paid by Langevin
+        ml.minimize(pi, name="ebm")
         .minimize(p, q_rev, objective=KL(q_rev, p, weights={"z": cfg.kl_weight}), name="vae")  # taught
     )
-    return g, dict(p=p, pi=pi, q_data=q_data, q_rev=q_rev)
+    return g, parts
 
 
 def optimizers(cfg: Config, nets: dict) -> tuple[dict, dict]:

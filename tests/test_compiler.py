@@ -106,8 +106,8 @@ def test_each_log_z_is_paid_for_by_the_sampler_of_its_own_density():
 
     f, q0, _ = marginal_parts()
     pi = MarginalEBM(f, sampler=Langevin(3, 0.1, init=NoiseStart("normal")))
-    pi_noise = MarginalEBM(f, sampler=Langevin(3, 0.1, init=NoiseStart("uniform", low=-3.0, high=3.0)),
-                           name="π_noise")
+    pi_noise = pi.with_sampler(Langevin(3, 0.1, init=NoiseStart("uniform", low=-3.0, high=3.0)), name="π_noise")
+    assert pi.name == "π" and pi_noise.energy is f
     step = (0.9 * KL(q0, pi) + 0.1 * KL(q0, pi_noise)).minimize(pi, name="ebm").compile()
     text = step.explain()
     assert "samples of π; +0.9 from 0.9·KL(q ‖ π)" in text

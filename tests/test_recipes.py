@@ -23,6 +23,7 @@ CASES = [
     ("bidvl", ["--no-offset", "--encoder-upper", "prior"]),
     ("mcmc_teaching", ["--langevin-steps", "3"]),
     ("mcmc_teaching", ["--langevin-steps", "3", "--noise", "--sigma-ref", "0"]),
+    ("mcmc_teaching", ["--langevin-steps", "3", "--noise-share", "0.25"]),  # a quarter of log Z from noise
     ("vae", []),
     ("vae", ["--kl-weight", "4", "--hold-out", "3", "--ema", "0.5"]),
     ("latent_prior_ebm", ["--prior-width", "8", "--prior-steps", "3"]),
@@ -68,6 +69,24 @@ def test_mcmc_teaching_stays_bounded_on_the_digits(tmp_path):
     pi = run.estimator.game["ebm"].named[0]
     x = run.estimator.round(torch.zeros(64, 1, 16, 16)).samples(pi)["x"]
     assert x.flatten(1).std(0).mean() > 0.1  # the chains do not end at one image
+
+
+def test_mcmc_teaching_noise_share_pays_part_of_log_z_with_chains_from_noise():
+    """--noise-share s: the EBM's log Z gradient is (1 - s) E_rev[grad f] + s E_noise[grad f], over
+    s times as many chains from uniform noise, which teach no VAE."""
+    recipe = load_recipe("mcmc_teaching")
+    from kldiv.train import build_networks
+
+    cfg = recipe.Config(image_size=8, latent_dim=4, width=4, batch_size=40, noise_share=0.25, langevin_steps=2)
+    nets = build_networks(recipe.networks(cfg, (1, 8, 8)))
+    g, parts = recipe.game(cfg, nets["generator"], nets["encoder"], nets["energy"])
+    step = g.compile()
+    paid = step.plans["ebm"].sampler_paid
+    assert sorted((m.coef, d.name) for m, d in paid) == [(0.25, "π_noise"), (0.75, "π")]
+    r = step.round(torch.zeros(40, 1, 8, 8))
+    r.loss("ebm"), r.loss("vae")
+    assert r.samples(parts["pi_noise"])["x"].shape[0] == 10 and r.samples(parts["pi"])["x"].shape[0] == 40
+    assert all(d is not parts["pi_noise"] for d, _ in step.plans["vae"].fresh)  # the VAE learns from pi's
 
 
 def test_latent_prior_recipe_compiles_its_prior_chain_with_the_networks():

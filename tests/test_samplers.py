@@ -742,3 +742,26 @@ def test_an_energy_model_on_any_variable_is_sampled_and_trained_without_kldiv_kn
         grads[-1] -= expected_part
     g = torch.tensor(grads)  # what is left: E_pi[y - a] by the chains, zero in mean
     assert abs(g.mean()) <= 4.5 * g.std() / len(g) ** 0.5 + 0.02, g
+
+
+def test_langevin_chains_run_their_own_number_whatever_the_round_n():
+    f = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    pi = MarginalEBM(f, sampler=Langevin(2, 0.1, init="uniform", chains=7))
+    step = KL(DataDensity(), pi).minimize(pi, name="ebm").compile()
+    r = step.round(torch.randn(32, 2, dtype=torch.float64))
+    r.loss("ebm")
+    assert r.samples(pi)["x"].shape == (7, 2)
+    assert "chains=7" in repr(pi.sampler)
+
+
+@pytest.mark.parametrize("chains", [0, True, 2.5])
+def test_langevin_chains_must_be_a_positive_integer(chains):
+    with pytest.raises((TypeError, ValueError), match="chains"):
+        Langevin(2, 0.1, chains=chains)
+
+
+def test_langevin_chains_are_refused_for_a_start_at_a_generator():
+    dec = nn.Linear(2, 3)
+    p = GeneratorDensity(dec, latent_shape=2, sigma=0.5)
+    with pytest.raises(ValueError, match="one per sample"):
+        Langevin(2, 0.1, init=p, chains=5)

@@ -129,10 +129,15 @@ class EnergyBased(Density):
 
     _energy_reads: tuple[str, ...]
 
-    def with_sampler(self, sampler: Sampler):
-        """A copy of this density that draws its samples with ``sampler``."""
+    def with_sampler(self, sampler: Sampler, *, name: str | None = None):
+        r"""A copy of this density that draws its samples with ``sampler`` (named ``name``, default:
+        this density's name). The copy is the same model: its energy, reference and $\log Z$ are
+        this density's, so a $\log Z$ cancels between the two, and what survives of each is paid
+        for by each one's own sampler."""
         new = copy.copy(self)
         new.sampler = _as_sampler(sampler, type(self).__name__, optional=False)
+        if name is not None:
+            Density.__init__(new, name)
         return new
 
     @property

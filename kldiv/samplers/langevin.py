@@ -79,6 +79,11 @@ class Langevin(Sampler):
         compile: run each step as one ``torch.compile``d function of the chains'
             state (see [`langevin_chain`][kldiv.samplers.langevin_chain]); the
             chains are the eager ones to rounding.
+        chains: the number of chains, whatever the round's ``n`` (default:
+            ``n``), for a start of their own (noise or persistent); a start
+            at a generator's samples runs one chain per sample.  Chains from
+            noise that pay for a share of an EBM's $\log Z$ beside
+            amortised ones need only that share of their number.
 
     References:
         Welling & Teh, *Bayesian Learning via Stochastic Gradient Langevin
@@ -111,8 +116,10 @@ class Langevin(Sampler):
         generator: torch.Generator | None = None,
         callback: Callable[[int, LangevinState], None] | None = None,
         compile: bool = False,
+        chains: int | None = None,
     ):
         steps = count("steps", steps)
+        chains = None if chains is None else count("chains", chains, minimum=1)
         if isinstance(step_size, Mapping):
             if not step_size:
                 raise ValueError("step_size must be a number or a non-empty mapping variable -> number, got {}")
@@ -128,6 +135,10 @@ class Langevin(Sampler):
         self.steps = steps
         self.step_size = step_size
         self.init = _as_start(init, shape)
+        if chains is not None and self.init.sources():
+            raise ValueError(f"chains is for a start of its own; chains from {self.init!r} run one per sample "
+                             "of the start, as many as the round draws (its n)")
+        self.chains = chains
         self.noise = noise
         self.sigma_ref = sigma_ref
         self.clip_grad = clip_grad
@@ -144,6 +155,7 @@ class Langevin(Sampler):
         extra += "" if self.sigma_ref is None else f", sigma_ref={self.sigma_ref:g}"
         extra += "" if self.clip_grad is None else f", clip_grad={self.clip_grad:g}"
         extra += ", compile=True" if self.compile else ""
+        extra += "" if self.chains is None else f", chains={self.chains}"
         return f"Langevin({self.steps}, {self.step_size}, init={self.init!r}{extra})"
 
     def sources(self) -> tuple[Density, ...]:
@@ -175,7 +187,7 @@ class Langevin(Sampler):
         """Run the chains for ``density`` and return their final positions (detached)."""
         variables, energy = _target(density)
         self._refuse_a_second_reference(density)
-        start, token = self.init.draw(variables, ev, n, self.generator)
+        start, token = self.init.draw(variables, ev, self.chains or n, self.generator)
         final = self._run(start, energy, self.callback)
         self.init.update(token, final)
         return Samples({v: final[v].detach() for v in variables})
