@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import torch
 from torch import nn
 
 __all__: list[str] = []
@@ -42,3 +43,24 @@ def flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def device(value: str, *, local: int | None = None) -> torch.device:
+    """The device that ``--device value`` names, checked: ``auto`` is this process's GPU when torch
+    sees one, else the CPU; ``cuda`` under several processes (``local``, the process's GPU index)
+    is that process's GPU. A name that is no device, or a GPU that is not there, is a ValueError
+    naming the flag."""
+    if value == "auto":
+        return torch.device(f"cuda:{local or 0}" if torch.cuda.is_available() else "cpu")
+    try:
+        wanted = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {value!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if wanted.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {value} asks for a GPU, and torch sees none here "
+                         "(torch.cuda.is_available() is False): use --device cpu or auto")
+    if wanted.type == "cuda" and wanted.index is not None and wanted.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {value}: there are {torch.cuda.device_count()} GPUs here")
+    if wanted.type == "cuda" and wanted.index is None and local is not None:
+        return torch.device(f"cuda:{local}")
+    return wanted

