@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from typing import TYPE_CHECKING
 
 from kldiv._checks import flag
-from kldiv.densities import Density, EnergyBased, Samples, Term
+from kldiv.densities import Density, EnergyBased, FactoredDensity, Samples, Term
 from kldiv.densities import base as _base
 from kldiv.densities.base import _densities_of, _Namer
 from kldiv.errors import CompileError, InputError, NonFiniteError, ShapeError
@@ -72,6 +72,7 @@ class Estimator(nn.Module):
         flag("closed_form", closed_form)
         densities = game.densities()
         self._namer = _Namer(densities)
+        self._inputs = _input_names(densities)
         payers: dict[Hashable, Density] = {}  # by the normalising constant they can pay for
         for d in densities:
             if isinstance(d, EnergyBased) and d.sampler is not None:
@@ -169,6 +170,14 @@ class Estimator(nn.Module):
             if ("inputs",) not in self._first.checked and not torch.isfinite(x).all():
                 raise NonFiniteError(f"the step's input {name!r} holds NaN or infinite values; "
                                      "clean the batch before the step")
+        if self._inputs is not None:
+            unread = sorted(set(named) - self._inputs - {"data"})
+            if unread:
+                raise InputError(
+                    f"no density of this game reads the step's input{'s' if len(unread) > 1 else ''} "
+                    f"{', '.join(map(repr, unread))}; they read {', '.join(map(repr, sorted(self._inputs | {'data'})))} "
+                    "(a DataDensity's x: DataDensity(encoder, x='name')). Check the name, or drop the input"
+                )
         if named:
             self._first.checked.add(("inputs",))
 
@@ -633,3 +642,15 @@ def sample(density: Density, n: int | None = None, **inputs: Tensor) -> Samples:
 
 
 _base._outside_a_game = sample  # p.sample(n, **inputs) outside a game (`Density.sample`)
+
+
+def _input_names(densities: Iterable[Density]) -> frozenset[str] | None:
+    """The named step inputs the densities read (a DataDensity's ``x``), or ``None`` when a density
+    of a kind defined outside kldiv could read inputs of its own."""
+    names: set[str] = set()
+    for d in densities:
+        if isinstance(d, FactoredDensity):
+            names.update(f.input for f in d.factors if f.kind == "input" and isinstance(f.input, str))
+        elif not isinstance(d, EnergyBased):
+            return None
+    return frozenset(names)

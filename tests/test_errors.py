@@ -288,6 +288,14 @@ def test_a_batch_on_another_device_is_named():
         step(x)
 
 
+def test_an_input_no_density_reads_is_named():
+    x = torch.randn(5, *SHAPE)
+    with pytest.raises(InputError, match=r"no density of this game reads the step's input 'datta'; they read 'data'"):
+        triangle().round(x, datta=x)
+    with pytest.raises(InputError, match=r"inputs 'labels', 'x'"):
+        triangle()({"data": x, "x": x, "labels": x})
+
+
 def test_n_must_be_a_positive_count():
     with pytest.raises(InputError, match="positive int"):
         triangle()(torch.randn(5, *SHAPE), n=0)
