@@ -217,9 +217,10 @@ class Estimator(nn.Module):
             for m in itertools.chain(plan.gradient, plan.value_only, plan.constants, plan.cancelled)
         ] + [m for plan in self.plans.values() for m, _ in (*plan.sampler_paid, *plan.score)]
         width = max([28] + [len(m.label()) for m in every])
+        cw = max([2] + [len(_signed(m.coef)) for m in every])  # the coefficients' column
 
         def rows(ms, tail=lambda m: m.origin_text()):
-            return [f"    {_signed(m.coef)} {m.label():<{width}} {tail(m)}" for m in ms]
+            return [f"    {_signed(m.coef):<{cw}} {m.label():<{width}} {tail(m)}" for m in ms]
 
         for plan in self.plans.values():
             p = plan.player
@@ -246,7 +247,7 @@ class Estimator(nn.Module):
                 lines += rows(plan.constants)
             if plan.cancelled:
                 lines.append("  cancelled:")
-                lines += [f"    {m.label():<{width + 2}} {m.origin_text()}" for m in plan.cancelled]
+                lines += [f"    {m.label():<{width + cw}} {m.origin_text()}" for m in plan.cancelled]
         return "\n".join(lines).lstrip("\n")
 
     def player_parameters(self, player: str) -> list[nn.Parameter]:
