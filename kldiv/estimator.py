@@ -173,10 +173,13 @@ class Estimator(nn.Module):
         if self._inputs is not None:
             unread = sorted(set(named) - self._inputs - {"data"})
             if unread:
+                read = sorted(self._inputs) or ["data"]
+                absent = [r for r in read if r not in named]
                 raise InputError(
                     f"no density of this game reads the step's input{'s' if len(unread) > 1 else ''} "
-                    f"{', '.join(map(repr, unread))}; they read {', '.join(map(repr, sorted(self._inputs | {'data'})))} "
-                    "(a DataDensity's x: DataDensity(encoder, x='name')). Check the name, or drop the input"
+                    f"{', '.join(map(repr, unread))}; they read {', '.join(map(repr, read))}"
+                    + (f" (not given: {', '.join(map(repr, absent))})" if absent else "")
+                    + " (a DataDensity's x: DataDensity(encoder, x='name')). Check the name, or drop the input"
                 )
         if named:
             self._first.checked.add(("inputs",))

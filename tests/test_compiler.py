@@ -10,6 +10,7 @@ from torch import nn
 
 from kldiv import KL, DataDensity, GeneratorDensity, LatentEBM, MarginalEBM, S
 from kldiv.errors import (
+    InputError,
     IntractableError,
     NonFiniteError,
     ShapeError,
@@ -428,6 +429,8 @@ def test_marginal_ebm_data_and_missing_input_message():
     enc, dec, _, q, p, pi = triangle_parts()
     step = KL(q, p).minimize(p, q).compile()
     with pytest.raises(KeyError, match="needs the input 'data'"):
+        step(n=4)
+    with pytest.raises(InputError, match=r"reads the step's input 'other'; they read 'data' \(not given: 'data'\)"):
         step(n=4, other=_data())
     assert isinstance(mu, MarginalEBM)
 
