@@ -176,6 +176,23 @@ def _not_a_bool(scalar: object, doing: str) -> None:
                            "not True or False")
 
 
+def _no_constant(expr: object, doing: str, other: object) -> None:
+    """An expression is a sum of divergences: a number or a tensor added to it is refused."""
+    if isinstance(other, numbers.Number) or hasattr(other, "shape"):
+        what = repr(other) if isinstance(other, numbers.Number) else f"a {type(other).__name__}"
+        raise TypeError(f"cannot {doing} {what} and {expr}: an expression is a signed sum of KL and S terms, "
+                        "and a constant changes no player's gradient; leave it out")
+    raise TypeError(f"cannot {doing} {type(other).__name__} and {expr}: an expression is a signed sum of KL and S "
+                    "terms, each built from two kldiv densities")
+
+
+def _not_a_coefficient(expr: object, doing: str, scalar: object) -> None:
+    """A coefficient is a real number: a tensor (even a 0-d one), a string or a density is refused."""
+    hint = " (a 0-d tensor: pass float(t))" if hasattr(scalar, "shape") else ""
+    raise TypeError(f"cannot {doing} {expr} by {type(scalar).__name__}{hint}: an expression's coefficients "
+                    "are real numbers")
+
+
 class Expression:
     r"""A signed sum $\sum_j c_j D_j$ of divergences between densities.
 
@@ -205,25 +222,30 @@ class Expression:
     # --- arithmetic -----------------------------------------------------------------
     def __add__(self, other: Expression) -> Expression:
         if not isinstance(other, Expression):
-            return NotImplemented
+            if isinstance(other, numbers.Number) and other == 0:  # sum([...], 0), expr + 0
+                return Expression(self.items)
+            _no_constant(self, "add", other)
         return Expression(self.items + other.items)
 
     def __radd__(self, other: object) -> Expression:
         if isinstance(other, numbers.Number) and other == 0:  # sum([...]) starts at 0
             return Expression(self.items)
-        return NotImplemented
+        _no_constant(self, "add", other)
+
+    def __rsub__(self, other: object) -> Expression:
+        _no_constant(self, "subtract", other)
 
     def __neg__(self) -> Expression:
         return Expression((-c, d) for c, d in self.items)
 
     def __sub__(self, other: Expression) -> Expression:
         if not isinstance(other, Expression):
-            return NotImplemented
+            _no_constant(self, "subtract", other)
         return self + (-other)
 
     def __mul__(self, scalar: float) -> Expression:
         if not isinstance(scalar, numbers.Real):
-            return NotImplemented
+            _not_a_coefficient(self, "multiply", scalar)
         _not_a_bool(scalar, f"multiply {self} by")
         return Expression((c * float(scalar), d) for c, d in self.items)
 
@@ -231,7 +253,7 @@ class Expression:
 
     def __truediv__(self, scalar: float) -> Expression:
         if not isinstance(scalar, numbers.Real):
-            return NotImplemented
+            _not_a_coefficient(self, "divide", scalar)
         _not_a_bool(scalar, f"divide {self} by")
         if scalar == 0:
             raise CompileError(f"cannot divide {self} by zero: an expression's coefficients must be finite")
@@ -428,6 +450,16 @@ class Game:
     """
 
     def __init__(self, players: Iterable[Player] = (), *, objective: Expression | None = None):
+        if isinstance(players, Expression):
+            raise TypeError(f"Game takes players, not an objective: write ({players}).minimize(...) or "
+                            "Game(objective=...).minimize(...)")
+        given = players
+        players = tuple(given) if isinstance(given, Iterable) and not isinstance(given, str) else None
+        if players is None or not all(isinstance(p, Player) for p in players):
+            got = type(given).__name__ if players is None else [type(p).__name__ for p in players]
+            raise TypeError(f"Game takes Players (made by minimize and maximize), got {got}")
+        if objective is not None and not isinstance(objective, Expression):
+            raise TypeError(f"a game's objective is an Expression built from KL and S, got {type(objective).__name__}")
         self.players: tuple[Player, ...] = tuple(players)
         self.objective = objective
         names = [p.name for p in self.players]

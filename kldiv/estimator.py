@@ -63,6 +63,10 @@ class Estimator(nn.Module):
     """
 
     def __init__(self, game: Game, *, values: bool = True, closed_form: bool = True, baseline: bool = True):
+        if not (isinstance(getattr(game, "players", None), tuple) and callable(getattr(game, "densities", None))):
+            hint = (f": an expression is a game's objective, e.g. ({game}).minimize(<densities>)"
+                    if callable(getattr(game, "minimize", None)) else "")
+            raise TypeError(f"Estimator takes a Game, got {type(game).__name__}{hint}")
         if not game.players:
             raise CompileError("the game has no players; add one with minimize or maximize")
         super().__init__()

@@ -19,7 +19,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kldiv import KL, DataDensity, DecoupledEBLVM, EnergyPrior, Factor, GeneratorDensity, LatentEBM, MarginalEBM, S
+from kldiv import (KL, DataDensity, DecoupledEBLVM, EnergyPrior, Estimator, Factor, Game, GeneratorDensity, Importance,
+                   LatentEBM, MarginalEBM, S)
 from kldiv import errors as kerr
 from kldiv.errors import CheckpointError, CompileError, InputError, NonFiniteError, ShapeError
 from kldiv.nn import EnergyXZ, GaussianEncoder, Generator
@@ -115,6 +116,18 @@ DENSITIES = {
                                 "must be a kldiv.samplers.Sampler (e.g. Langevin(steps, step_size)), got None"),
     "decoupled without encoder": (lambda: DecoupledEBLVM(_lin(), None), TypeError,
                                   "the encoder of DecoupledEBLVM must be an nn.Module"),
+    "reparameterized a word": (lambda: GeneratorDensity(_lin(), latent_shape=2, sigma=1.0, reparameterized="no"),
+                               TypeError, "reparameterized must be True or False, got 'no'"),
+    "reparameterized a number": (lambda: DataDensity(_lin(), reparameterized=0), TypeError,
+                                 "reparameterized must be True or False, got 0"),
+    "factor reparameterized a number": (lambda: Factor("z", _lin(), parents="x", reparameterized=1), TypeError,
+                                        "reparameterized, of the factor of 'z', must be True or False"),
+    "an input of no name": (lambda: DataDensity(_lin(), x=""), TypeError,
+                            "x must be an input name or a Density, got ''"),
+    "a factor's input of no name": (lambda: Factor("x", input=""), TypeError,
+                                    "is a step input's name or a density, got ''"),
+    "a proposal of no name": (lambda: Importance(proposal=""), TypeError,
+                              "proposal must be an input name or a Density, got ''"),
 }
 
 
@@ -193,6 +206,23 @@ GAMES = {
                            "closed_form must be True or False"),
     "a round's values a word": (lambda: triangle().round(torch.randn(4, 1, 8, 8), values="yes"),
                                 "must be True or False, got 'yes'"),
+    "an estimator of an expression": (lambda: Estimator(_kl()),
+                                      "Estimator takes a Game, got KL: an expression is a game's objective"),
+    "an estimator of a number": (lambda: Estimator(3), "Estimator takes a Game, got int"),
+    "a game of a number": (lambda: Game(3), "Game takes Players (made by minimize and maximize), got int"),
+    "a game of densities": (lambda: Game(densities()[:2]), "got ['DataDensity', 'GeneratorDensity']"),
+    "a game of an expression": (lambda: Game(_kl()), "Game takes players, not an objective"),
+    "a game's objective a number": (lambda: Game(objective=1.0), "a game's objective is an Expression"),
+    "expression times a word": (lambda: _kl() * "2", "cannot multiply KL(q ‖ p) by str"),
+    "expression times a tensor": (lambda: _kl() * torch.tensor(2.0), "(a 0-d tensor: pass float(t))"),
+    "expression divided by a tensor": (lambda: _kl() / torch.tensor(2.0), "cannot divide KL(q ‖ p) by Tensor"),
+    "a constant added": (lambda: _kl() + 1.0, "a constant changes no player's gradient"),
+    "added to a constant": (lambda: 1.0 + _kl(), "cannot add 1.0 and KL(q ‖ p)"),
+    "subtracted from a constant": (lambda: 1 - _kl(), "cannot subtract 1 and KL(q ‖ p)"),
+    "a tensor subtracted": (lambda: _kl() - torch.ones(()), "cannot subtract a Tensor"),
+    "a density added": (lambda: _kl() + densities()[0], "cannot add DataDensity and KL(q ‖ p)"),
+    "a sample count of 2.5": (lambda: densities()[1].sample(2.5), "n, the number of samples, must be a positive int"),
+    "a sample count as text": (lambda: densities()[1].sample("4"), "n, the number of samples, must be a positive int"),
 }
 
 
@@ -294,6 +324,13 @@ def test_an_input_no_density_reads_is_named():
         triangle().round(x, datta=x)
     with pytest.raises(InputError, match=r"inputs 'labels', 'x'"):
         triangle()({"data": x, "x": x, "labels": x})
+
+
+def test_log_prob_of_values_of_the_wrong_shape_names_the_term_and_the_shapes():
+    p = GeneratorDensity(_lin(), latent_shape=2, sigma=1.0)
+    with pytest.raises(ShapeError, match=re.escape("the term log N(x; g(z), σ²I) failed on x (4, 5), z (4, 2)")) as e:
+        p.log_prob({"x": torch.zeros(4, 5), "z": torch.zeros(4, 2)})
+    assert isinstance(e.value.network_error, RuntimeError)  # torch's own error, kept for debugging
 
 
 def test_n_must_be_a_positive_count():

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from kldiv.errors import ShapeError
+
 __all__ = ["Density", "Evaluator", "Samples", "Term", "conditional_term", "prior_kl_term"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -275,7 +277,17 @@ class Density(abc.ABC):
         out: dict[str, Tensor] = {}
         for t in self.terms():
             if t.computable and t.evaluate is not None:
-                value = t.evaluate(ev, s)
+                try:
+                    value = t.evaluate(ev, s)
+                except torch.OutOfMemoryError:
+                    raise
+                except RuntimeError as err:  # most often a value of the wrong shape for its network
+                    shapes = ", ".join(f"{v} {tuple(values[v].shape)}" for v in self.variables)
+                    exc = ShapeError(f"{self!r}.log_prob: the term {t.label} failed on {shapes}: "
+                                     f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
+                                     "Check that each value has the shape its networks take.")
+                    exc.network_error = err  # the original, for debugging
+                    raise exc from None
                 value = t.sign * (_per_sample(value) if value.dim() else value.expand(s.n))
                 out[t.label] = out[t.label] + value if t.label in out else value
         return out
@@ -301,7 +313,7 @@ def _either_call(impl: Callable) -> Callable:
 
     @functools.wraps(impl)
     def sample(self, ev=None, n=None, **inputs):
-        if ev is None or isinstance(ev, numbers.Integral):  # a count (a bool is refused there)
+        if ev is None or not callable(getattr(ev, "samples", None)):  # a count, checked there
             if ev is not None and n is not None:
                 raise TypeError(f"{self.name}.sample takes one count outside a game: {self.name}.sample(n, **inputs)")
             return _outside_a_game(self, n if ev is None else ev, **inputs)  # set: `import kldiv` imports it

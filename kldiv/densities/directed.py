@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from kldiv._checks import network
+from kldiv._checks import flag, network
 from kldiv.densities.base import (_LOG_2PI, Density, Evaluator, Samples, Term, _as_shape, _rsample,
                                   _standard_normal_term, conditional_term)
 from kldiv.densities.energy import EnergyPrior
@@ -83,7 +83,7 @@ class GeneratorDensity(FactoredDensity):
     ):
         if synthesis not in ("sample", "mean"):
             raise ValueError(f"synthesis must be 'sample' or 'mean', got {synthesis!r}")
-        reparameterized = bool(reparameterized)
+        reparameterized = flag("reparameterized", reparameterized)
         if not reparameterized and synthesis == "mean":
             raise ValueError(
                 "reparameterized=False estimates the decoder's gradient by the score of p(x|z), which "
@@ -267,11 +267,12 @@ class DataDensity(FactoredDensity):
         name: str = "q",
         latex: str | None = None,
     ):
-        if not isinstance(x, (str, Density)):
-            raise TypeError(f"x must be an input name or a Density, got {type(x).__name__}")
+        if not isinstance(x, (str, Density)) or (isinstance(x, str) and not x):
+            raise TypeError(f"x must be an input name or a Density, got {x!r}" if isinstance(x, str)
+                            else f"x must be an input name or a Density, got {type(x).__name__}")
         network("encoder", encoder, optional=True)
         self.encoder = encoder
-        self.reparameterized = bool(reparameterized)
+        self.reparameterized = flag("reparameterized", reparameterized)
         self.x_source = x
         factors = [Factor("x", input=x)]
         if encoder is not None:

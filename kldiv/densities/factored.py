@@ -127,9 +127,13 @@ class Factor:
                 f"the factor of {self.variable!r} needs exactly one of network, distribution, input or density, "
                 f"got {given or 'none'}"
             )
-        if self.input is not None and not isinstance(self.input, (str, Density)):
+        if not isinstance(self.reparameterized, bool):
+            raise TypeError(f"reparameterized, of the factor of {self.variable!r}, must be True or False, "
+                            f"got {self.reparameterized!r}")
+        if self.input is not None and (not isinstance(self.input, (str, Density)) or self.input == ""):
+            got = repr(self.input) if isinstance(self.input, str) else type(self.input).__name__
             raise TypeError(f"the input of the factor of {self.variable!r} is a step input's name or a density, "
-                            f"got {type(self.input).__name__}")
+                            f"got {got}")
         if self.density is not None:
             if not isinstance(self.density, Density):
                 raise TypeError(f"the density of the factor of {self.variable!r} must be a Density, "

@@ -64,8 +64,9 @@ class Importance(Sampler):
         ratio: float | Callable[..., Tensor] | Literal["self-normalized"] = 1.0,
     ):
 
-        if not isinstance(proposal, (str, Density)):
-            raise TypeError(f"proposal must be an input name or a Density, got {type(proposal).__name__}")
+        if not isinstance(proposal, (str, Density)) or (isinstance(proposal, str) and not proposal):
+            raise TypeError("proposal must be an input name or a Density, got "
+                            + (repr(proposal) if isinstance(proposal, str) else type(proposal).__name__))
         if isinstance(ratio, str):
             if ratio not in ("self-normalized", "self-normalised"):
                 raise ValueError(f"ratio must be a number, a callable or 'self-normalized', got {ratio!r}")
