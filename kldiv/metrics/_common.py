@@ -58,11 +58,13 @@ def _run(f, x: Tensor, what: str):
         return f(x)
     except torch.OutOfMemoryError:
         raise  # not the images' shape: torch's own message says what to do
-    except RuntimeError as err:
+    except (RuntimeError, ShapeError) as err:
+        # a density's log_prob names its failing term in a ShapeError; the images' shape still leads
+        network = getattr(err, "network_error", err)
         exc = ShapeError(f"{what} failed on images of shape {tuple(x.shape)} {x.dtype}: {type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}. Check that the images have the shape "
                          "and range the networks were trained on.")
-        exc.network_error = err
+        exc.network_error = network
         raise exc from None
 
 
