@@ -45,6 +45,26 @@ def flag(name: str, value: object) -> bool:
     return value
 
 
+def torch_device(name: str, value: object) -> torch.device:
+    """``value`` (a ``torch.device`` or its name) as a device that is here, else an error naming
+    the argument ``name``: a name that is no device, or a GPU torch does not see."""
+    if isinstance(value, torch.device):
+        wanted = value
+    elif isinstance(value, str):
+        try:
+            wanted = torch.device(value)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"{name}={value!r} is not a device: use 'cpu', 'cuda' or 'cuda:N'") from None
+    else:
+        raise TypeError(f"{name} must be a torch.device or its name, got {type(value).__name__}")
+    if wanted.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={str(wanted)!r} asks for a GPU, and torch sees none here "
+                         "(torch.cuda.is_available() is False)")
+    if wanted.type == "cuda" and wanted.index is not None and wanted.index >= torch.cuda.device_count():
+        raise ValueError(f"{name}={str(wanted)!r}: there are {torch.cuda.device_count()} GPUs here")
+    return wanted
+
+
 def device(value: str, *, local: int | None = None) -> torch.device:
     """The device that ``--device value`` names, checked: ``auto`` is this process's GPU when torch
     sees one, else the CPU; ``cuda`` under several processes (``local``, the process's GPU index)

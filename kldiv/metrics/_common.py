@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kldiv._checks import torch_device
+
 Images: TypeAlias = Tensor | Iterable[Tensor | tuple | list]
 """A tensor ``(n, C, H, W)`` or an iterable of such batches (or of ``(images, ...)`` tuples)."""
 
@@ -70,7 +72,7 @@ def _run(f, x: Tensor, what: str):
 
 def _device_of(module: nn.Module | None, device: torch.device | str | None) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        return torch_device("device", device)
     if module is not None:
         for tensor in module.parameters():
             return tensor.device
