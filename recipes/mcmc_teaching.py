@@ -31,6 +31,13 @@ KL(q_rev || p; z x w).  The energy is the authors' MNIST descriptor
 (`kldiv.nn.Descriptor`: 100 summed outputs, unbounded); ``--energy dcgan``
 is `kldiv.nn.EnergyX`, a single output, with which the chains of a step end
 at nearly the same image and training collapses.
+
+Beyond the code: ``--noise-share s`` pays a share s of the EBM's log Z gradient
+with chains from uniform noise (s times as many as the amortised ones, the same
+Langevin settings), (1 - s) KL(q_data || pi) + s KL(q_data || pi') with pi' the
+same EBM and another sampler; those chains teach no VAE.  Without them the EBM
+is shaped only along the VAE's chains and, trained on MNIST, ranks uniform noise
+as more normal than the test digits (docs: results, MCMC teaching on images).
 """
 
 from __future__ import annotations
