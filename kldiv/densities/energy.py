@@ -133,7 +133,9 @@ class EnergyBased(Density):
         r"""A copy of this density that draws its samples with ``sampler`` (named ``name``, default:
         this density's name). The copy is the same model: its energy, reference and $\log Z$ are
         this density's, so a $\log Z$ cancels between the two, and what survives of each is paid
-        for by each one's own sampler."""
+        for by each one's own sampler. Name the copy when both are in one game: every term,
+        payment and message is labelled by density name, and two densities named alike read
+        as one in `explain()`."""
         new = copy.copy(self)
         new.sampler = _as_sampler(sampler, type(self).__name__, optional=False)
         if name is not None:
