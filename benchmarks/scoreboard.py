@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -171,11 +172,15 @@ def figure(models: list[str], rows: dict, out: Path, path: Path) -> None:
     from torchvision.utils import make_grid
 
     panels = []
-    for m in (m for m in models if m in rows):
+    for m in (m for m in models if m in rows and "fd" in rows[m]):  # a run that stopped has no samples
         panels.append((f"{TITLES[m]}\nFD {rows[m]['fd']:.1f}", generator_samples(out / m, 64, "cpu")))
-        if m == "mcmc-teaching" and (out / m / "revised_samples.pt").exists():
+        if m == "mcmc-teaching" and "fd_revised" in rows[m] and (out / m / "revised_samples.pt").exists():
             panels.append((f"{TITLES[m]}, revised\nFD {rows[m]['fd_revised']:.1f}",
                            torch.load(out / m / "revised_samples.pt")))
+    if not panels:
+        print(f"no model has samples to show: {path.name} is not written")
+        path.unlink(missing_ok=True)
+        return
     fig = Figure(figsize=(2.6 * len(panels), 3.2))
     FigureCanvasAgg(fig)
     for i, (title, x) in enumerate(panels):
@@ -318,7 +323,7 @@ def main(argv=None) -> dict:
     else:
         for r in rows.values():
             r["steps_per_second"] = r["steps_per_second_training"]
-    command = "python benchmarks/scoreboard.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python benchmarks/scoreboard.py " + shlex.join(sys.argv[1:] if argv is None else argv)  # quoted
     text = table(args.models, rows, args, wall, command.strip())
     (out / "table.md").write_text(text)
     (out / "scoreboard.json").write_text(json.dumps({"args": vars(args), "rows": rows, "wall_s": wall}, indent=2))
