@@ -45,6 +45,15 @@ def flag(name: str, value: object) -> bool:
     return value
 
 
+def _here(wanted: torch.device, shown: str, fix: str = "") -> torch.device:
+    """``wanted`` if it is the CPU or a GPU torch sees, else a ValueError that names it as ``shown``."""
+    if wanted.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{shown} asks for a GPU, and torch sees none here (torch.cuda.is_available() is False){fix}")
+    if wanted.type == "cuda" and wanted.index is not None and wanted.index >= torch.cuda.device_count():
+        raise ValueError(f"{shown}: there are {torch.cuda.device_count()} GPUs here")
+    return wanted
+
+
 def torch_device(name: str, value: object) -> torch.device:
     """``value`` (a ``torch.device`` or its name) as a device that is here, else an error naming
     the argument ``name``: a name that is no device, or a GPU torch does not see."""
@@ -57,12 +66,7 @@ def torch_device(name: str, value: object) -> torch.device:
             raise ValueError(f"{name}={value!r} is not a device: use 'cpu', 'cuda' or 'cuda:N'") from None
     else:
         raise TypeError(f"{name} must be a torch.device or its name, got {type(value).__name__}")
-    if wanted.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{name}={str(wanted)!r} asks for a GPU, and torch sees none here "
-                         "(torch.cuda.is_available() is False)")
-    if wanted.type == "cuda" and wanted.index is not None and wanted.index >= torch.cuda.device_count():
-        raise ValueError(f"{name}={str(wanted)!r}: there are {torch.cuda.device_count()} GPUs here")
-    return wanted
+    return _here(wanted, f"{name}={str(wanted)!r}")
 
 
 def device(value: str, *, local: int | None = None) -> torch.device:
@@ -76,11 +80,7 @@ def device(value: str, *, local: int | None = None) -> torch.device:
         wanted = torch.device(value)
     except (RuntimeError, TypeError):
         raise ValueError(f"--device {value!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if wanted.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {value} asks for a GPU, and torch sees none here "
-                         "(torch.cuda.is_available() is False): use --device cpu or auto")
-    if wanted.type == "cuda" and wanted.index is not None and wanted.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {value}: there are {torch.cuda.device_count()} GPUs here")
+    _here(wanted, f"--device {value}", ": use --device cpu or auto")
     if wanted.type == "cuda" and wanted.index is None and local is not None:
         return torch.device(f"cuda:{local}")
     return wanted

@@ -544,7 +544,6 @@ def test_load_mnist_classifier_missing_file(tmp_path):
         load_mnist_classifier(tmp_path / "absent.pt")
 
 
-
 @pytest.mark.parametrize("device, error, words", [
     ("gpu", ValueError, r"device='gpu' is not a device"),
     (3.5, TypeError, r"device must be a torch.device or its name, got float"),
@@ -559,6 +558,7 @@ def test_metrics_refuse_a_device_that_is_not_here_by_name(device, error, words):
     with pytest.raises(error, match=words):
         metrics.negative_elbo_scores(Generator(4, (1, 8, 8), width=4), GaussianEncoder((1, 8, 8), 4, width=4),
                                      torch.randn(3, 1, 8, 8), sigma=1.0, device=device)
+
 
 @needs_mnist
 def test_classifier_reaches_its_reported_accuracy_on_a_test_slice(classifier, mnist_test):

@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from kldiv._checks import torch_device
 from kldiv.metrics._common import ArrayLike, Images, _as_1d, _batches, _device_of, _evaluation_mode
 
 __all__ = [
@@ -256,7 +255,7 @@ def load_mnist_classifier(
     model.test_accuracy = None if accuracy is None else float(accuracy)
     model.requires_grad_(False)
     model.eval()
-    return model.to(torch.device("cpu") if device is None else torch_device("device", device))
+    return model.to(_device_of(None, device))
 
 
 _RANGE_SLACK = 1e-3
@@ -441,7 +440,7 @@ def inception_features(images: Images, *, batch_size: int = 50, device: torch.de
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    dev = torch.device("cpu") if device is None else torch_device("device", device)
+    dev = _device_of(None, device)
     net = _packaged_inception(dev)
     out = []
     with torch.no_grad():
@@ -542,7 +541,7 @@ def inception_fid(
         feature_extractor_weights_path=str(path),
         **options,
     )
-    dev = torch.device("cpu") if device is None else torch_device("device", device)
+    dev = _device_of(None, device)
     metric = metric.to(dev)
     with torch.no_grad():
         for real, images in ((True, images_a), (False, images_b)):
