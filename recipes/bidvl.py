@@ -40,7 +40,9 @@ Defaults follow the paper and its code: Adam(0, 0.9), learning rates 1e-4
 decoder, a 0.998 decay per epoch, one lower-level step per upper step, a
 decoder with sigma^2 = 1/2 (the code's summed squared error, weight r'), the
 closed-form KL of the encoder, DCGAN variational models with batch norm, a
-spectrally normalised EBM.
+spectrally normalised EBM.  The code's variational models have width 48 and
+its energy width 64 (``--width 48 --energy-width 64``; ``--width`` alone sets
+all three networks).
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ class Config(RunConfig):
     """Bi-level doubly variational learning (Kan et al. 2022)."""
 
     latent_dim: int = option(100, "dimension of h", at_least=1)
-    width: int = option(64, "DCGAN channel width of every network", at_least=1)
+    width: int = option(64, "DCGAN channel width of the generator and the encoder, and of the energy "
+                        "unless --energy-width is given", at_least=1)
+    energy_width: int = option(0, "channel width of the energy network (0: --width); the code's "
+                               "networks are --width 48 --energy-width 64", at_least=0)
     sigma: float = option(math.sqrt(0.5), "observation noise of p(v|h) (the code's squared error: 1/sqrt 2)", above=0)
     latent_term: str = option("code", "the generator's latent term of KL(P || Pi): the code's frozen "
                               "encoder mean (with --offset, as the code), or the paper's -log q(h|v)",
@@ -91,8 +96,8 @@ def networks(cfg: Config, shape: tuple[int, ...]) -> dict:
     return {
         "generator": ("kldiv.nn.Generator", dict(latent_dim=cfg.latent_dim, image_shape=shape, width=cfg.width)),
         "encoder": ("kldiv.nn.GaussianEncoder", dict(image_shape=shape, latent_dim=cfg.latent_dim, width=cfg.width)),
-        "energy": ("kldiv.nn.EnergyX", dict(image_shape=shape, width=cfg.width, spectral_norm=cfg.spectral_norm,
-                                            bounded=cfg.bounded)),
+        "energy": ("kldiv.nn.EnergyX", dict(image_shape=shape, width=cfg.energy_width or cfg.width,
+                                            spectral_norm=cfg.spectral_norm, bounded=cfg.bounded)),
     }
 
 

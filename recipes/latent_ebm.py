@@ -34,11 +34,12 @@ code's reconstruction loss is the summed squared error with weight 1: a
 Gaussian decoder with sigma^2 = 1/2, the default ``--sigma``.  Its encoder
 KL is the Monte Carlo one, log q(z|x) cancelling against -KL(q || pi), which
 is what the algebra derives for eq. 15.  The code's generator and encoder
-have width 48 (``--width`` sets all three networks).  The code's energy is
-capped, f = -softplus(h) <= 0; ``--no-bounded`` uses the raw scalar f = h,
-which on MNIST separates noise and constant images from the digits where the
-capped energy does not (docs/tutorials/results.md).  On the embedded digits a CPU preset
-(`PRESETS` below) makes the networks small so the run takes minutes.
+have width 48 and its energy width 64 (``--width 48 --energy-width 64``;
+``--width`` alone sets all three networks).  The code's energy is capped,
+f = -softplus(h) <= 0; ``--no-bounded`` uses the raw scalar f = h, which on
+MNIST separates noise and constant images from the digits where the capped
+energy does not (docs/tutorials/results.md).  On the embedded digits a CPU
+preset (`PRESETS` below) makes the networks small so the run takes minutes.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ class Config(RunConfig):
     """Joint training of a VAE and a latent EBM (Han et al. 2020)."""
 
     latent_dim: int = option(100, "dimension of z", at_least=1)
-    width: int = option(64, "DCGAN channel width of every network", at_least=1)
+    width: int = option(64, "DCGAN channel width of the generator and the encoder, and of the energy "
+                        "unless --energy-width is given", at_least=1)
+    energy_width: int = option(0, "channel width of the energy network (0: --width); the code's "
+                               "networks are --width 48 --energy-width 64", at_least=0)
     sigma: float = option(math.sqrt(0.5), "observation noise of p(x|z) (the code's squared error: 1/sqrt 2)", above=0)
     inference: str = option("kl-minus", "encoder objective: eq. 15 or eq. 17", choices=("kl-minus", "kl-plus"))
     schedule: str = option("sequential", "Algorithm 1 order, or one shared evaluation",
@@ -90,7 +94,8 @@ def networks(cfg: Config, shape: tuple[int, ...]) -> dict:
     return {
         "generator": ("kldiv.nn.Generator", dict(latent_dim=cfg.latent_dim, image_shape=shape, width=cfg.width)),
         "encoder": ("kldiv.nn.GaussianEncoder", dict(image_shape=shape, latent_dim=cfg.latent_dim, width=cfg.width)),
-        "energy": ("kldiv.nn.EnergyXZ", dict(image_shape=shape, latent_dim=cfg.latent_dim, width=cfg.width,
+        "energy": ("kldiv.nn.EnergyXZ", dict(image_shape=shape, latent_dim=cfg.latent_dim,
+                                             width=cfg.energy_width or cfg.width,
                                              spectral_norm=cfg.spectral_norm, bounded=cfg.bounded)),
     }
 

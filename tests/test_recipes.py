@@ -89,6 +89,18 @@ def test_mcmc_teaching_noise_share_pays_part_of_log_z_with_chains_from_noise():
     assert all(d is not parts["pi_noise"] for d, _ in step.plans["vae"].fresh)  # the VAE learns from pi's
 
 
+@pytest.mark.parametrize("name", ["latent_ebm", "bidvl"])
+def test_energy_width_sets_the_energy_alone(name):
+    """--energy-width 0 follows --width; another value widens the energy only (the code's 48 and 64)."""
+    recipe = load_recipe(name)
+    same = recipe.networks(recipe.Config(width=8), (1, 16, 16))
+    assert {k: v[1]["width"] for k, v in same.items()} == {"generator": 8, "encoder": 8, "energy": 8}
+    code = recipe.networks(recipe.Config(width=8, energy_width=12), (1, 16, 16))
+    assert {k: v[1]["width"] for k, v in code.items()} == {"generator": 8, "encoder": 8, "energy": 12}
+    with pytest.raises(ValueError, match="--energy-width"):
+        recipe.Config(energy_width=-1)
+
+
 def test_latent_prior_recipe_compiles_its_prior_chain_with_the_networks():
     # --compile compiles the prior's Langevin chain too (the chain itself is tested in test_samplers)
     recipe = load_recipe("latent_prior_ebm")
