@@ -19,13 +19,17 @@ variants:
     compile+channels-last     --compile --channels-last
     channels-last+bf16        --channels-last --amp bf16
     compile+channels-last+bf16  --compile --channels-last --amp bf16
+    channels-last+fp16        --channels-last --amp fp16
+    compile+channels-last+fp16  --compile --channels-last --amp fp16
 
 bf16 is autocast (``Run.autocast``): convolutions and matrix products in
 bfloat16, the rest in float32.  A CPU runs it fast only where it has native
 bfloat16 arithmetic (AMX or AVX512-BF16, which oneDNN uses; the header
 records the CPU's flags); elsewhere it is emulated and slower than float32.
-By default the CPU runs every variant but the last (compile is slower there,
-see the results page) and a GPU runs them all.
+fp16 is float16 autocast with a loss scale per player (its scaler's step and
+update are part of the timed step).  By default the CPU runs the first five
+variants (compile is slower there, see the results page, and float16 is
+emulated on most CPUs) and a GPU runs them all.
 
 All variants of a recipe live in one process. Each first runs ``--warmup``
 steps (which absorb torch.compile's compilation, forward and backward), then
@@ -94,6 +98,8 @@ VARIANTS = {  # name -> the run's flags
     "compile+channels-last": dict(compile=True, channels_last=True),
     "channels-last+bf16": dict(channels_last=True, amp="bf16"),
     "compile+channels-last+bf16": dict(compile=True, channels_last=True, amp="bf16"),
+    "channels-last+fp16": dict(channels_last=True, amp="fp16"),
+    "compile+channels-last+fp16": dict(compile=True, channels_last=True, amp="fp16"),
 }
 CPU_DEFAULT = ("eager", "compile", "channels-last", "compile+channels-last", "channels-last+bf16")
 

@@ -499,11 +499,15 @@ class Round:
         value-only ones only in a round that computes values."""
         return {m.label(): v for m, v in self._term_values[player].items()}
 
-    def backward(self, player: str, *, retain_graph: bool = True) -> Tensor:
+    def backward(self, player: str, *, retain_graph: bool = True, scale=None) -> Tensor:
         """Compute ``player``'s loss (if not yet computed on the current parameters)
-        and back-propagate it into that player's parameters only; returns the loss."""
+        and back-propagate it into that player's parameters only; returns the loss.
+
+        ``scale`` (a function of the loss, such as ``torch.amp.GradScaler.scale``)
+        back-propagates ``scale(loss)`` instead, for float16 loss scaling; the loss
+        returned is the unscaled one."""
         loss = self.loss(player)
-        self._backward(player, loss, retain_graph)
+        self._backward(player, loss if scale is None else scale(loss), retain_graph)
         return loss
 
     def _backward(self, player: str, loss: Tensor, retain_graph: bool) -> None:

@@ -96,7 +96,7 @@ def test_sigkill_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path)
 # Through a recipe
 # ----------------------------------------------------------------------------------------
 def _params(run):
-    return {k: v.detach().clone() for name, m in run.networks.items() for k, v in m.state_dict().items()}
+    return {(name, k): v.detach().clone() for name, m in run.networks.items() for k, v in m.state_dict().items()}
 
 
 def test_resume_is_exact(tmp_path):
@@ -398,3 +398,61 @@ def test_checkpoints_resume_across_channels_last(tmp_path, first):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for p in latent_ebm.PLAYERS:  # what an uninterrupted run in one format computes, to within rounding
         assert resumed.metrics[p] == pytest.approx(straight.metrics[p], rel=1e-4)
+
+
+# ----------------------------------------------------------------------------------------
+# --amp fp16: a loss scale per player
+# ----------------------------------------------------------------------------------------
+def _scaler_from(init_scale):
+    import functools
+
+    return functools.partial(torch.amp.GradScaler, init_scale=init_scale)
+
+
+def test_fp16_scales_each_players_loss_and_resumes_its_scale_exactly(tmp_path):
+    latent_ebm = load_recipe("latent_ebm")
+    fp16 = [*TINY, "--amp", "fp16"]
+    straight = latent_ebm.main([*fp16, "--steps", "4", "--out", str(tmp_path / "a")])
+    assert set(straight.scalers) == {"ebm", "encoder", "generator"}
+    latent_ebm.main([*fp16, "--steps", "2", "--out", str(tmp_path / "b")])
+    state = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert set(state["scalers"]) == {"ebm", "encoder", "generator"}
+    resumed = latent_ebm.main([*fp16, "--steps", "4", "--out", str(tmp_path / "b"), "--resume"])
+    a, b = _params(straight), _params(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert {k: s.get_scale() for k, s in straight.scalers.items()} == {k: s.get_scale() for k, s in resumed.scalers.items()}
+    row = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"ebm/loss_scale", "encoder/loss_scale", "generator/loss_scale"} <= set(row)
+
+
+def test_fp16_skips_a_step_whose_gradient_overflows_and_halves_the_scale(tmp_path, monkeypatch):
+    latent_ebm = load_recipe("latent_ebm")
+
+    def weights(run):
+        return {(name, k): v.detach().clone() for name, m in run.networks.items() for k, v in m.named_parameters()}
+
+    before = weights(latent_ebm.main([*TINY, "--steps", "0", "--out", str(tmp_path / "init")]))
+    monkeypatch.setattr(torch.amp, "GradScaler", _scaler_from(2.0**100))  # every float16 gradient overflows
+    run = latent_ebm.main([*TINY, "--amp", "fp16", "--steps", "2", "--out", str(tmp_path / "run")])
+    assert {k: s.get_scale() for k, s in run.scalers.items()} == dict.fromkeys(run.scalers, 2.0**98)
+    after = weights(run)
+    assert after.keys() == before.keys()
+    for k, v in after.items():
+        assert torch.equal(v, before[k]), k  # both steps skipped, weight decay included
+
+
+def test_fp16_stops_when_the_gradient_is_not_finite_even_unscaled(tmp_path, monkeypatch):
+    import kldiv.nn
+
+    forward = kldiv.nn.EnergyXZ.forward
+
+    def nan_gradient(self, x, z):  # the value as before, a NaN gradient: d sqrt(u - u) = 0 * inf
+        f = forward(self, x, z)
+        return f + torch.sqrt(f - f)
+
+    monkeypatch.setattr(kldiv.nn.EnergyXZ, "forward", nan_gradient)
+    monkeypatch.setattr(torch.amp, "GradScaler", _scaler_from(4.0))
+    latent_ebm = load_recipe("latent_ebm")
+    with pytest.raises(NonFiniteError, match=r"at a loss scale of 1: it overflows even unscaled(.|\n)*player 'ebm' in step 3"):
+        latent_ebm.main([*TINY, "--amp", "fp16", "--steps", "5", "--out", str(tmp_path / "run")])

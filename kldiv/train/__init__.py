@@ -3,8 +3,10 @@
 A recipe keeps its paper's algorithm in view and leaves the plumbing here:
 
 - a `@dataclass` config filled from the command line ([`parse_config`][kldiv.train.parse_config]);
-- the device (CUDA when present), ``--amp bf16`` autocast, ``--compile`` and
-  ``--channels-last`` (convolutional networks and image batches in NHWC memory);
+- the device (CUDA when present, with TF32 tensor cores unless ``--no-tf32``),
+  ``--amp bf16`` autocast, ``--amp fp16`` autocast with a loss scale per player,
+  ``--compile`` and ``--channels-last`` (convolutional networks and image batches
+  in NHWC memory);
 - batches that are a deterministic function of (seed, step), so a resumed run
   sees exactly the batches an uninterrupted one would;
 - self-describing checkpoints ``{networks, optimizers, schedulers, config,

@@ -172,7 +172,8 @@ class Checkpoints:
 
     def state(self) -> dict:
         """What a checkpoint holds: ``{networks, optimizers, schedulers, extra, config, recipe,
-        architecture, step, elapsed, metrics, rng}``, and ``ema, ema_updates`` with ``--ema``."""
+        architecture, step, elapsed, metrics, rng}``, ``ema, ema_updates`` with ``--ema`` and
+        ``scalers`` (the loss scales) with ``--amp fp16``."""
         run = self.run
         return {
             "networks": {k: m.state_dict() for k, m in run.networks.items()},
@@ -186,6 +187,7 @@ class Checkpoints:
             "elapsed": run.runlog.clock(),
             "metrics": dict(run.metrics),
             "rng": _rng_state(),
+            **({"scalers": {k: sc.state_dict() for k, sc in run.scalers.items()}} if run.scalers else {}),
             **({"ema": {k: a.module.state_dict() for k, a in run.ema.items()},
                 "ema_updates": {k: int(a.n_averaged) for k, a in run.ema.items()}} if run.ema else {}),
         }
@@ -230,6 +232,9 @@ class Checkpoints:
             s.load_state_dict(state["schedulers"][k])
         for k, s in run.extra_state.items():
             s.load_state_dict(state["extra"][k])
+        for k, sc in run.scalers.items():  # --amp fp16; a checkpoint written without it starts a fresh scale
+            if k in state.get("scalers", {}):
+                sc.load_state_dict(state["scalers"][k])
         if run.ema:
             if "ema" not in state:
                 raise ValueError(f"{self.path} was written without --ema: resume without it, "

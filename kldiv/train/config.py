@@ -90,7 +90,11 @@ class RunConfig:
     seed: int = option(0, "random seed")
     out: str = option("", "output directory (default runs/<recipe>)")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    amp: str = option("none", "mixed precision: none or bf16", choices=("none", "bf16"))
+    amp: str = option("none", "mixed precision: none, bf16, or fp16 (float16 autocast with a loss scale per "
+                      "player, torch.amp.GradScaler: a step whose gradient overflows is skipped and the "
+                      "scale halved)", choices=("none", "bf16", "fp16"))
+    tf32: bool = option(True, "on CUDA, let float32 matrix products and convolutions use TF32 tensor cores "
+                        "(torch.set_float32_matmul_precision('high'), cuDNN's allow_tf32)")
     compile: bool = option(False, "compile the networks with torch.compile")
     channels_last: bool = option(False, "keep the convolutional networks' weights and the image batches in the "
                                  "channels-last (NHWC) memory format (the values and the checkpoints are the "

@@ -69,6 +69,10 @@ class Run:
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         random.seed(seed)
+        if self.device.type == "cuda" and cfg.tf32:
+            torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matrix products
+            torch.backends.cudnn.allow_tf32 = True  # and convolutions
+        self.scalers: dict[str, torch.amp.GradScaler] = {}  # --amp fp16: one loss scale per player (`attach`)
         self.runlog = RunLog(self.out, name=name, cfg=cfg, main=self.is_main)
         self.checkpoints = Checkpoints(self)
         self.checkpoints.check_out_dir()
@@ -166,6 +170,8 @@ class Run:
         bad = {k: v for k, v in self.clip.items() if not (math.isfinite(v) and v >= 0)}
         if bad:
             raise ValueError(f"gradient clipping norms must be finite and >= 0 (0: off), got {bad}")
+        if self.cfg.amp == "fp16":
+            self.scalers = {name: torch.amp.GradScaler(self.device.type) for name in estimator.plans}
         self.ema: dict[str, nn.Module] = {}
         if self.cfg.ema:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -225,8 +231,21 @@ class Run:
         return x.to(self.device, non_blocking=True, memory_format=fmt)
 
     def autocast(self):
-        """The ``--amp`` autocast context (a no-op without ``--amp bf16``)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
+        """The ``--amp`` autocast context: bfloat16 or float16 (a no-op with ``--amp none``)."""
+        dtype = torch.float16 if self.cfg.amp == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.cfg.amp != "none")
+
+    def _step(self, player: str) -> None:
+        """Step ``player``'s optimiser; with ``--amp fp16`` through its loss scaler, which
+        skips a step whose gradient overflowed (found by `_backward`) and halves the scale."""
+        scaler = self.scalers.get(player)
+        if scaler is None:
+            self.optimizers[player].step()
+            return
+        scaler.step(self.optimizers[player])
+        scaler.update()
+        if self.logging:
+            self.metrics[f"{player}/loss_scale"] = float(scaler.get_scale())
 
     def update(self, r: Round, player: str) -> float | None:
         """Back-propagate ``player``'s loss in round ``r``, check it, clip its gradient
@@ -239,7 +258,7 @@ class Run:
                 updated and the last checkpoint stays as it was.
         """
         self._backward(r, player)
-        self.optimizers[player].step()
+        self._step(player)
         return self._record(r, player)
 
     def update_all(self, r: Round) -> dict[str, float | None]:
@@ -261,22 +280,30 @@ class Run:
         for name in names:
             for q, g in zip(self.estimator.parameters(name), grads[name]):
                 q.grad = g
-            self.optimizers[name].step()
+            self._step(name)
         return {name: self._record(r, name) for name in names}
 
     def _backward(self, r: Round, player: str) -> None:
         self.optimizers[player].zero_grad(set_to_none=True)
+        scaler = self.scalers.get(player)
         try:
             with self.autocast(), no_donated_buffers():  # players share compiled graphs (retain_graph)
-                loss = r.backward(player)
+                loss = r.backward(player, scale=None if scaler is None else scaler.scale)
         except NonFiniteError as err:  # a network output caught by the first-round checks
             raise NonFiniteError(f"{err}\n{self._stop_note(player)}") from err
+        if scaler is not None:
+            scaler.unscale_(self.optimizers[player])  # the true gradient, for the checks and clipping below
         grads = [p.grad for p in self.estimator.parameters(player) if p.grad is not None]
         loss_ok = torch.isfinite(loss.detach()).all()
-        ok = loss_ok & torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else loss_ok
-        if not bool(ok):
+        grads_ok = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else loss_ok
+        if not bool(loss_ok) or (scaler is None and not bool(grads_ok)):
             what = "loss" if not bool(loss_ok) else "gradient"
             raise NonFiniteError(f"the {what} is not finite.\n{self._stop_note(player)}")
+        if scaler is not None and not bool(grads_ok) and scaler.get_scale() <= 1:
+            # above a scale of 1 an overflow is the scale's (the scaler skips the step and halves it);
+            # at 1 or below, the gradient itself is not finite
+            raise NonFiniteError(f"the gradient is not finite under --amp fp16 at a loss scale of "
+                                 f"{scaler.get_scale():g}: it overflows even unscaled.\n{self._stop_note(player)}")
         bound = self.cfg.max_loss
         if bound > 0 and float(loss.detach().abs().max()) > bound:
             raise NonFiniteError(
@@ -284,7 +311,7 @@ class Run:
                 f"the run is diverging.\n{self._stop_note(player)}"
             )
         max_norm = self.clip.get(player, 0.0)
-        if max_norm > 0 and grads:
+        if max_norm > 0 and grads and (scaler is None or bool(grads_ok)):
             norm = torch.nn.utils.clip_grad_norm_(self.estimator.parameters(player), max_norm)
             if self.logging:
                 self.metrics[f"{player}/grad_norm"] = float(norm)
