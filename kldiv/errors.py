@@ -1,4 +1,5 @@
-"""The errors kldiv raises, each a subclass of a built-in error users already catch."""
+"""The errors kldiv raises, each a subclass of a built-in error users already catch, and the
+one warning it gives (`NameClashWarning`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ __all__ = [
     "CompileError",
     "InputError",
     "IntractableError",
+    "NameClashWarning",
     "NonFiniteError",
     "NotSampleableError",
     "ShapeError",
@@ -49,3 +51,7 @@ class CheckpointError(ValueError):
 
 class InputError(TypeError, ValueError):
     """A step's input that no network can take: not a tensor, empty, of the wrong dtype or device."""
+
+
+class NameClashWarning(UserWarning):
+    """Two densities of one game share a name, so its labels cannot tell them apart."""

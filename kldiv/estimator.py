@@ -10,6 +10,7 @@ the first time it runs; `sample` draws from a density outside any game.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Hashable, Iterable, Mapping
 
 import attrs
@@ -22,7 +23,7 @@ from kldiv._checks import flag
 from kldiv.densities import Density, EnergyBased, FactoredDensity, Samples, Term
 from kldiv.densities import base as _base
 from kldiv.densities.base import _densities_of, _Namer
-from kldiv.errors import CompileError, InputError, NonFiniteError, ShapeError
+from kldiv.errors import CompileError, InputError, NameClashWarning, NonFiniteError, ShapeError
 from kldiv.planner import Merged, Plan, _plan, _signed
 
 if TYPE_CHECKING:  # a game compiles itself (Game.compile); the runtime only reads it
@@ -75,6 +76,7 @@ class Estimator(nn.Module):
         self.baseline = flag("baseline", baseline)
         flag("closed_form", closed_form)
         densities = game.densities()
+        _warn_name_clashes(densities)
         self._namer = _Namer(densities)
         self._inputs = _input_names(densities)
         payers: dict[Hashable, Density] = {}  # by the normalising constant they can pay for
@@ -515,6 +517,21 @@ class Round:
         if loss.requires_grad and params:
             torch.autograd.backward(loss, inputs=params, retain_graph=retain_graph)
         self._done.add(player)
+
+
+def _warn_name_clashes(densities) -> None:
+    """Warn when two densities of a game share a name: every label (`explain`, `Round.terms`,
+    the logged metrics, the errors) names densities, so theirs would read as one."""
+    seen: dict[str, Density] = {}
+    for d in densities:
+        other = seen.setdefault(d.name, d)
+        if other is not d:
+            warnings.warn(NameClashWarning(
+                f"two densities of this game are named {d.name!r} (a {type(other).__name__} and a "
+                f"{type(d).__name__}): explain(), the terms' labels in Round.terms and the logged metrics, "
+                "and error messages cannot tell them apart, and a term of one takes the other's label. "
+                f"Name one apart: {type(d).__name__}(..., name=...), or density.with_sampler(..., name=...)"
+            ), stacklevel=4)  # the caller of Game.compile
 
 
 class _FirstRun:

@@ -123,6 +123,24 @@ def test_each_log_z_is_paid_for_by_the_sampler_of_its_own_density():
         torch.testing.assert_close(got, w, rtol=1e-10, atol=1e-12)
 
 
+def test_two_densities_named_alike_in_one_game_are_warned_of_at_compile():
+    from kldiv.errors import NameClashWarning
+    from kldiv.samplers import Langevin, NoiseStart
+
+    f, q0, _ = marginal_parts()
+    pi = MarginalEBM(f, sampler=Langevin(3, 0.1, init=NoiseStart("normal")))
+    alike = pi.with_sampler(Langevin(3, 0.1, init=NoiseStart("uniform")))  # not named: still "π"
+    with pytest.warns(NameClashWarning, match=r"named 'π' \(a MarginalEBM and a MarginalEBM\)(.|\n)*with_sampler\(\.\.\., name=") as w:
+        (0.9 * KL(q0, pi) + 0.1 * KL(q0, alike)).minimize(pi, name="ebm").compile()
+    assert w[0].filename == __file__  # points at the caller of compile
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        named = pi.with_sampler(Langevin(3, 0.1, init=NoiseStart("uniform")), name="π_noise")
+        (0.9 * KL(q0, pi) + 0.1 * KL(q0, named) + KL(q0, pi)).minimize(pi, name="ebm").compile()  # pi twice is one
+
+
 def test_log_z_of_the_same_ebm_cancels_whatever_its_samplers():
     from kldiv.samplers import Langevin, NoiseStart
 

@@ -135,7 +135,7 @@ class EnergyBased(Density):
         this density's, so a $\log Z$ cancels between the two, and what survives of each is paid
         for by each one's own sampler. Name the copy when both are in one game: every term,
         payment and message is labelled by density name, and two densities named alike read
-        as one in `explain()`."""
+        as one (compiling such a game warns, `kldiv.errors.NameClashWarning`)."""
         new = copy.copy(self)
         new.sampler = _as_sampler(sampler, type(self).__name__, optional=False)
         if name is not None:

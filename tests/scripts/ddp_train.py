@@ -38,7 +38,7 @@ def main(out: str, batch: int):
     pi = MarginalEBM(energy, sampler=Importance("data", ratio=0.3))
     step = (
         KL(q, p).minimize(p, name="generator").minimize(q, name="encoder")
-        .minimize(pi, objective=KL(DataDensity(), pi), name="ebm")
+        .minimize(pi, objective=KL(DataDensity(name="q_data"), pi), name="ebm")
         # values=False: a later player's value would re-evaluate the point mass of the
         # updated encoder at the earlier sample, where its log density is -inf
         .compile(values=False)
