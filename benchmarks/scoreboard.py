@@ -18,7 +18,8 @@ same number of steps, batch size, network width and latent size for all; then
 
     python benchmarks/scoreboard.py                               # MNIST, two CPU cores, about an hour
     python benchmarks/scoreboard.py --steps 200 --models vae latent-ebm
-    python benchmarks/scoreboard.py --steps 18000 --width 64 --latent-dim 100 --device cuda
+    python benchmarks/scoreboard.py --steps 18000 --width 64 --latent-dim 100 --device cuda \
+        --recipe-args="--amp bf16 --compile --channels-last"
     python benchmarks/scoreboard.py --evaluate-only              # re-score the runs in --out
 
 It writes ``table.md`` (the table, each paper's claim judged at this scale,
@@ -66,14 +67,14 @@ def recipe_args(model: str, args, out: Path) -> list[str]:
     """The command line of one model's recipe at the scoreboard's budget."""
     extra = list(EXTRA.get(model, []))
     if model == "mcmc-teaching" and args.mcmc_args is not None:
-        extra = args.mcmc_args.split()
+        extra = shlex.split(args.mcmc_args)
     return [
         "--data", "mnist", "--data-root", args.data_root, "--hold-out", str(args.hold_out),
         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--width", str(args.width),
         "--latent-dim", str(args.latent_dim), "--seed", str(args.seed), "--device", args.device,
         "--out", str(out), "--log-every", str(max(1, args.steps // 20)),
         "--sample-every", str(args.steps), "--checkpoint-every", str(args.steps),
-        *(["--download"] if args.download else []), *extra,
+        *(["--download"] if args.download else []), *extra, *shlex.split(args.recipe_args),
     ]
 
 
@@ -272,6 +273,8 @@ def main(argv=None) -> dict:
                     help="also the Inception FID of the samples (pip install 'kldiv[fid]'; slow on a CPU)")
     ap.add_argument("--mcmc-args", default=None, help='extra arguments of the MCMC-teaching recipe '
                     '(default "--langevin-steps 15 --step-size 0.002")')
+    ap.add_argument("--recipe-args", default="", help='further options of every recipe, after the others, '
+                    'e.g. --recipe-args="--amp bf16 --compile --channels-last"')
     ap.add_argument("--data-root", default=str(DATA_ROOT))
     ap.add_argument("--download", action="store_true")
     ap.add_argument("--out", default="runs/scoreboard")

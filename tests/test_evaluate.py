@@ -113,9 +113,13 @@ def test_scoreboard_trains_every_model_by_its_recipe_and_judges_the_claims(tmp_p
     module = load_script(REPO / "benchmarks" / "scoreboard.py")
     common = ["--steps", "2", "--width", "4", "--latent-dim", "4", "--test-images", "300", "--samples", "100",
               "--models", "vae", "latent-ebm", "mcmc-teaching", "--mcmc-args", "--langevin-steps 2",
-              "--time-steps", "3", "--out", str(tmp_path), "--data-root", str(SHARED)]
+              "--time-steps", "3", "--out", str(tmp_path), "--data-root", str(SHARED),
+              "--recipe-args", "--channels-last --keep 1"]
     rows = module.main(common)
     assert set(rows) == {"vae", "latent-ebm", "mcmc-teaching"}
+    for m in rows:  # --recipe-args reaches every recipe
+        config = json.loads((tmp_path / m / "config.json").read_text())["config"]
+        assert config["channels_last"] and config["keep"] == 1, m
     assert all(0 < r["auprc"] <= 1 and r["fd"] > 0 for r in rows.values())
     # on MNIST the report also weighs the held-out digit to its share of MNIST: rarer anomalies, lower precision
     report = json.loads((tmp_path / "vae" / "evaluation.json").read_text())
