@@ -68,7 +68,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA_ROOT, MODELS, at_least, load_recipe  # noqa: E402
+from common import DATA_ROOT, MODELS, at_least, check_recipe_args, load_recipe  # noqa: E402
 
 from kldiv.data import mnist_anomaly_split  # noqa: E402
 from kldiv.evaluate import energy_prior_density, load_run, scorer  # noqa: E402
@@ -158,7 +158,7 @@ def train(model: str, split, args, out: Path) -> dict:
         "--log-every", str(max(1, per_epoch // 4)), "--sample-every", str(per_epoch * args.epochs),
         "--checkpoint-every", str(per_epoch), "--keep", str(args.average_last),
         *(["--ema", str(args.ema)] if args.ema else []),
-        *(["--download"] if args.download else []), *args.recipe_args.split(),
+        *(["--download"] if args.download else []), *shlex.split(args.recipe_args),
     ]
     x, labels = test_images(split, args.test_images)
     shares = dict(zip(("share_test", "share_mnist"), split.held_out_shares()))
@@ -384,6 +384,9 @@ def main(argv=None):
         return print_shares(args)
     if not 1 <= args.average_last <= args.epochs:
         ap.error("--average-last must be between 1 and --epochs")
+    if not (args.plots_only or args.table_only or args.rescore or args.terms):
+        for m in args.models:  # a flag a recipe refuses: before any training
+            check_recipe_args(ap, m, ["--data", "mnist", *shlex.split(args.recipe_args)])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = settings_of(args)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import sys
 from pathlib import Path
 
@@ -47,3 +49,20 @@ def at_least(minimum: int, maximum: int | None = None):
 
     parse.__name__ = "integer"
     return parse
+
+
+def check_recipe_args(ap: argparse.ArgumentParser, model: str, argv: list[str]) -> None:
+    """Parse ``model``'s recipe command line as its recipe would, before anything is trained: a flag
+    the recipe refuses (``--recipe-args``, ``--mcmc-args``) is refused by ``ap``, naming the recipe."""
+    from kldiv.train import parse_config
+
+    name = MODELS[model][0]
+    recipe = load_recipe(name)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            parse_config(recipe.Config, argv, recipe.PRESETS)
+    except SystemExit:
+        lines = said.getvalue().strip().splitlines()
+        why = lines[-1].split("error: ", 1)[-1] if lines else "refused"
+        ap.error(f"recipes/{name}.py refuses its options ({model}): {why}")

@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA_ROOT, MODELS, at_least, load_recipe  # noqa: E402
+from common import DATA_ROOT, MODELS, at_least, check_recipe_args, load_recipe  # noqa: E402
 
 from kldiv import metrics  # noqa: E402
 from kldiv.data import anomaly_split  # noqa: E402
@@ -285,6 +285,8 @@ def main(argv=None) -> dict:
     if args.steps < 1 or args.width < 1 or args.latent_dim < 1 or args.batch_size < 1:
         ap.error("--steps, --width, --latent-dim and --batch-size must be positive")
     out = Path(args.out)
+    for m in args.models if not args.evaluate_only else ():  # a flag a recipe refuses: before any training
+        check_recipe_args(ap, m, recipe_args(m, args, out / m))
     out.mkdir(parents=True, exist_ok=True)
     rows, t0 = {}, time.perf_counter()
     for i, m in enumerate(args.models, 1):

@@ -156,6 +156,13 @@ def test_training_curves_of_a_run(tmp_path):
     ("anomaly_mnist", ["--epochs", "two"], "argument --epochs: expected an integer, got 'two'"),
     ("scoreboard", ["--hold-out", "10"], "argument --hold-out: must be between 0 and 9, got 10"),
     ("scoreboard", ["--samples", "1"], "argument --samples: must be at least 2, got 1"),
+    # a recipe's own flags, refused before the first model trains, naming the recipe
+    ("scoreboard", ["--models", "vae", "latent-ebm", "--recipe-args=--bogus"],
+     "recipes/vae.py refuses its options (vae): unrecognized arguments: --bogus"),
+    ("scoreboard", ["--models", "mcmc-teaching", "--mcmc-args=--langevin-steps x"],
+     "recipes/mcmc_teaching.py refuses its options (mcmc-teaching): argument --langevin-steps: invalid int value"),
+    ("anomaly_mnist", ["--models", "vae", "latent-ebm", "--recipe-args=--energy-width 64"],
+     "recipes/vae.py refuses its options (vae): unrecognized arguments: --energy-width 64"),
 ])
 def test_the_benchmarks_refuse_bad_flags_by_name_and_write_nothing(script, argv, words, tmp_path, capsys):
     module = load_script(REPO / "benchmarks" / f"{script}.py")
