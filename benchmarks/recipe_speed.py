@@ -86,6 +86,7 @@ import torch._dynamo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_recipe  # noqa: E402
 
+from kldiv._checks import device as checked_device  # noqa: E402
 from kldiv.train import Run, build_networks  # noqa: E402
 
 DEFAULT_RECIPES = ("latent_ebm:simultaneous", "triangle")
@@ -294,7 +295,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--variants", default=None,
                     help="comma-separated subset of: " + ", ".join(VARIANTS)
                     + " (default: all on a GPU; on the CPU " + ", ".join(CPU_DEFAULT) + ")")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (a GPU when torch sees one), cpu, cuda or cuda:N")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--clock", choices=("wall", "process"), default="wall",
                     help="wall time (default) or the process's CPU time, summed over its threads")
@@ -303,8 +304,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile", action="store_true",
                     help="also profile one step of each variant: convolutions against everything else")
     args = ap.parse_args(argv)
+    try:
+        device = checked_device(args.device)
+    except ValueError as err:
+        ap.error(str(err))
+    args.device = str(device)
     if args.variants is None:
-        args.variants = ",".join(VARIANTS if args.device.startswith("cuda") else CPU_DEFAULT)
+        args.variants = ",".join(VARIANTS if device.type == "cuda" else CPU_DEFAULT)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
@@ -313,7 +319,6 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     if args.repeats < 1 or args.warmup < 1:
         ap.error("--repeats and --warmup must be at least 1 (the warm-up absorbs the compilation)")
-    device = torch.device(args.device)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     # every variant compiles its own copies of the networks: more graphs per code object than the default allows
     dynamo = torch._dynamo.config

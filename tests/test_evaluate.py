@@ -202,3 +202,22 @@ def test_evaluate_refuses_what_it_cannot_score_with_one_line_and_no_traceback(tm
         err = capsys.readouterr().err
         assert info.value.code == code and words in err and "Traceback" not in err, (argv, err)
     assert not (out / "evaluation.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "MNIST").exists(), reason="MNIST is not at ../shared/data")
+def test_the_gpu_script_runs_end_to_end_small_on_a_cpu(tmp_path):
+    import os
+    import subprocess
+
+    env = {**os.environ, "SMALL": "1", "DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(SHARED), str(tmp_path)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "channels-last+fp16" in (tmp_path / "speed.txt").read_text()
+    for amp in ("bf16", "fp16"):
+        report = json.loads((tmp_path / f"latent_ebm_{amp}" / "evaluation.json").read_text())
+        assert 0 < report["anomaly_auprc"] <= 1, amp
+    bad = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(tmp_path / "nothing")], cwd=REPO,
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "MNIST/raw is missing" in bad.stderr
