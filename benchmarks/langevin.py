@@ -34,6 +34,11 @@ ones, and the script prints the median of the per-repeat ratios
 ``time(kldiv compiled) / time(kldiv)`` (below 1: compiling pays).  The
 compilation happens in the warm-up run and is not timed.
 
+With ``--channels-last 1`` kldiv's chain on the conv energy also runs with
+the network's weights and the chains in the channels-last memory format,
+as a recipe's ``--channels-last`` runs its chains (the chains are checked
+against the others, and the ratios printed as for the compiled chain).
+
 Usage::
 
     python benchmarks/langevin.py                   # both cases, CPU
@@ -44,6 +49,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import time
@@ -66,6 +72,7 @@ class Config:
     threads: int = 0  # torch intra-op threads (0: torch's default)
     seed: int = 0
     compile: int = 0  # 1: also time kldiv's compiled chain
+    channels_last: int = 0  # 1: also time kldiv's chain with a conv energy and its chains channels-last
 
 
 # ----------------------------------------------------------------------------------------
@@ -164,6 +171,10 @@ def bench(name: str, f: nn.Module, x0: torch.Tensor, cfg: Config) -> None:
         runs["torchebm"] = lambda: ebm_run(x0, cfg.steps, cfg.seed)
     if cfg.compile:
         runs["kldiv compiled"] = lambda: run_kldiv(f, x0, cfg.steps, cfg.step_size, cfg.seed, compile=True)
+    if cfg.channels_last and x0.dim() == 4:  # as a recipe's --channels-last runs it: weights and chains NHWC
+        f_cl = copy.deepcopy(f).to(memory_format=torch.channels_last)
+        x0_cl = x0.contiguous(memory_format=torch.channels_last)
+        runs["kldiv channels-last"] = lambda: run_kldiv(f_cl, x0_cl, cfg.steps, cfg.step_size, cfg.seed)
 
     # warm-up (and compilation), and the check that every sampler computed the same chains
     finals = {which: run() for which, run in runs.items()}
@@ -206,13 +217,15 @@ def bench(name: str, f: nn.Module, x0: torch.Tensor, cfg: Config) -> None:
         print(f"  best-time ratio time(torchebm)/time(kldiv) = {best:.3f}")
         print(f"  median ratio time(torchebm)/time(kldiv) = {statistics.median(q):.3f}"
               f"  (per repeat: {', '.join(f'{v:.2f}' for v in q)})")
-    if "kldiv compiled" in ratios:
-        q = ratios["kldiv compiled"]
-        print(f"  median ratio time(kldiv compiled)/time(kldiv) = {statistics.median(q):.3f}"
+    for variant in ("kldiv compiled", "kldiv channels-last"):
+        if variant not in ratios:
+            continue
+        q = ratios[variant]
+        print(f"  median ratio time({variant})/time(kldiv) = {statistics.median(q):.3f}"
               f"  (per repeat: {', '.join(f'{v:.2f}' for v in q)})")
         if "torchebm" in ratios:
-            vs = [e / c for e, c in zip(times["torchebm"], times["kldiv compiled"])]
-            print(f"  median ratio time(torchebm)/time(kldiv compiled) = {statistics.median(vs):.3f}")
+            vs = [e / c for e, c in zip(times["torchebm"], times[variant])]
+            print(f"  median ratio time(torchebm)/time({variant}) = {statistics.median(vs):.3f}")
 
 
 def main(cfg: Config) -> None:
