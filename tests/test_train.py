@@ -294,6 +294,20 @@ def test_a_compiled_spectrally_normalised_energy_runs_a_round_as_the_eager_one()
     torch.testing.assert_close(before, compiled._net.state_dict())
 
 
+def test_compile_mode_reaches_torch_compile_and_an_unknown_one_is_refused(tmp_path, monkeypatch):
+    from kldiv.train import compile_network
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: seen.append(kw) or net)
+    latent_ebm = load_recipe("latent_ebm")
+    latent_ebm.main([*TINY, "--steps", "1", "--compile", "--compile-mode", "max-autotune", "--out", str(tmp_path)])
+    assert seen and all(kw == {"mode": "max-autotune"} for kw in seen)
+    compile_network(torch.nn.Linear(2, 1))
+    assert seen[-1] == {"mode": None}  # torch's own default
+    with pytest.raises(ValueError, match="mode must be one of default, reduce-overhead"):
+        compile_network(torch.nn.Linear(2, 1), mode="fast")
+
+
 # ----------------------------------------------------------------------------------------
 # --channels-last
 # ----------------------------------------------------------------------------------------

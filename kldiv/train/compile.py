@@ -25,9 +25,9 @@ class _Compiled(nn.Module):
     """A network compiled by `compile_network`: the compiled module, with the power iteration
     of its spectral norms run eagerly before each call in training mode."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, mode: str = "default"):
         super().__init__()
-        self.compiled = torch.compile(net)
+        self.compiled = torch.compile(net, mode=None if mode == "default" else mode)
         object.__setattr__(self, "_net", net)  # the same module, not registered twice
         self._norms = _spectral_norms(net)
         for _, p in self._norms:  # no power iteration inside the graph: it would update u and v in place
@@ -69,8 +69,14 @@ def no_donated_buffers():
     return torch._functorch.config.patch(donated_buffer=False)
 
 
-def compile_network(net: nn.Module) -> nn.Module:
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
+def compile_network(net: nn.Module, mode: str = "default") -> nn.Module:
     """``torch.compile`` a network for kldiv's rounds, spectral normalisation included.
+
+    ``mode`` is torch.compile's: ``"default"``, ``"reduce-overhead"`` (CUDA graphs,
+    on a GPU), ``"max-autotune"`` or ``"max-autotune-no-cudagraphs"``.
 
     In training mode torch's spectral norm runs a power-iteration step in
     every forward pass, updating its vectors $u, v$ in place; compiled, that
@@ -93,4 +99,6 @@ def compile_network(net: nn.Module) -> nn.Module:
     Returns a module that calls the compiled network; its parameters,
     buffers and other attributes are the network's.
     """
-    return _Compiled(net)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    return _Compiled(net, mode)

@@ -96,6 +96,9 @@ class RunConfig:
     tf32: bool = option(True, "on CUDA, let float32 matrix products and convolutions use TF32 tensor cores "
                         "(torch.set_float32_matmul_precision('high'), cuDNN's allow_tf32)")
     compile: bool = option(False, "compile the networks with torch.compile")
+    compile_mode: str = option("default", "torch.compile's mode with --compile (reduce-overhead: CUDA graphs, "
+                               "on a GPU)", choices=("default", "reduce-overhead", "max-autotune",
+                                                     "max-autotune-no-cudagraphs"))
     channels_last: bool = option(False, "keep the convolutional networks' weights and the image batches in the "
                                  "channels-last (NHWC) memory format (the values and the checkpoints are the "
                                  "same either way; benchmarks/recipe_speed.py measures the speed)")

@@ -124,7 +124,7 @@ class Run:
             net = net.to(memory_format=torch.channels_last)  # rank-4 tensors only; the others stay as they are
         if not self.cfg.compile:
             return net
-        return compile_network(net)
+        return compile_network(net, self.cfg.compile_mode)
 
     def attach(
         self,
