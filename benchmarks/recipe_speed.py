@@ -21,6 +21,8 @@ variants:
     compile+channels-last+bf16  --compile --channels-last --amp bf16
     channels-last+fp16        --channels-last --amp fp16
     compile+channels-last+fp16  --compile --channels-last --amp fp16
+    compile-reduce-overhead+channels-last+bf16
+                              the same with --compile-mode reduce-overhead (CUDA graphs)
 
 bf16 is autocast (``Run.autocast``): convolutions and matrix products in
 bfloat16, the rest in float32.  A CPU runs it fast only where it has native
@@ -29,7 +31,9 @@ records the CPU's flags); elsewhere it is emulated and slower than float32.
 fp16 is float16 autocast with a loss scale per player (its scaler's step and
 update are part of the timed step).  By default the CPU runs the first five
 variants (compile is slower there, see the results page, and float16 is
-emulated on most CPUs) and a GPU runs them all.
+emulated on most CPUs) and a GPU runs them all.  A variant that fails in its
+warm-up (a step that CUDA graphs do not allow, say) is left out of the table
+and named, with its error, under ``failed`` in the JSON.
 
 All variants of a recipe live in one process. Each first runs ``--warmup``
 steps (which absorb torch.compile's compilation, forward and backward), then
@@ -101,6 +105,8 @@ VARIANTS = {  # name -> the run's flags
     "compile+channels-last+bf16": dict(compile=True, channels_last=True, amp="bf16"),
     "channels-last+fp16": dict(channels_last=True, amp="fp16"),
     "compile+channels-last+fp16": dict(compile=True, channels_last=True, amp="fp16"),
+    "compile-reduce-overhead+channels-last+bf16": dict(compile=True, compile_mode="reduce-overhead",
+                                                       channels_last=True, amp="bf16"),
 }
 CPU_DEFAULT = ("eager", "compile", "channels-last", "compile+channels-last", "channels-last+bf16")
 
@@ -224,14 +230,23 @@ def bench_recipe(name: str, schedule: str | None, args, device: torch.device, cl
             variants[v] = Variant(name, recipe, cfg, shape, data)
         label = name + (f":{variants['eager'].cfg.schedule}" if "schedule" in fields else "")
         t0 = time.perf_counter()
-        warm = {}
-        for v, fn in variants.items():  # compilation happens here
+        warm, failed = {}, {}
+        for v, fn in list(variants.items()):  # compilation happens here
             t = time.perf_counter()
-            for _ in range(args.warmup):
-                fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            try:
+                for _ in range(args.warmup):
+                    fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+            except Exception as err:  # a variant this step does not allow (CUDA graphs, say): left out, named
+                failed[v] = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                print(f"  {label}: variant {v} failed in its warm-up and is left out ({failed[v][:300]})",
+                      flush=True)
+                del variants[v]
+                continue
             warm[v] = time.perf_counter() - t
+        if not variants:
+            raise SystemExit(f"{label}: every variant failed in its warm-up: {failed}")
         times = {v: [] for v in variants}
         order = list(variants)
         for i in range(args.repeats):  # round-robin, the order rotated every round
@@ -247,6 +262,7 @@ def bench_recipe(name: str, schedule: str | None, args, device: torch.device, cl
                          "ratio_to_eager": median[v] / ref if ref else None,
                          "warmup_s": warm[v], "times_s": times[v]} for v in variants},
         "passes": passes,
+        "failed": failed,
         "seconds": time.perf_counter() - t0,
     }
     if profile is not None:

@@ -221,3 +221,20 @@ def test_the_gpu_script_runs_end_to_end_small_on_a_cpu(tmp_path):
     bad = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(tmp_path / "nothing")], cwd=REPO,
                          env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "MNIST/raw is missing" in bad.stderr
+
+
+def test_the_speed_benchmark_leaves_out_a_variant_that_fails_in_its_warm_up(monkeypatch, capsys):
+    module = load_script(REPO / "benchmarks" / "recipe_speed.py")
+
+    def broken(net, **kw):
+        def run(*args, **kwargs):
+            raise RuntimeError("this step does not allow CUDA graphs")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    out = module.main(["--width", "4", "--latent-dim", "4", "--batch-size", "4", "--image-size", "8",
+                       "--repeats", "1", "--warmup", "1", "--recipes", "vae", "--variants", "eager,compile",
+                       "--threads", "1", "--device", "cpu"])
+    (res,) = out["results"]
+    assert set(res["variants"]) == {"eager"} and "this step does not allow CUDA graphs" in res["failed"]["compile"]
+    assert "variant compile failed in its warm-up and is left out" in capsys.readouterr().out
