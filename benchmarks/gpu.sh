@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The results page's GPU figures in one call of at most 9.5 minutes on one
-# recent data-centre GPU. Each stage has its own `timeout` (240 + 2 x (120 + 45)
-# seconds), so an overrun costs that stage alone:
+# recent data-centre GPU. Each stage has its own `timeout` (270 + 2 x (110 + 45)
+# seconds), so an overrun costs that stage alone; STAGES="speed" or
+# STAGES="train" runs one of them:
 #
 #   1. the recipes' training steps at the papers' sizes (width 64, z in R^100,
-#      batch 100, 32x32x3): eager, --compile, --channels-last, both, and with
-#      --amp bf16 and --amp fp16, interleaved in one process, with pass counts
-#      (benchmarks/recipe_speed.py);
+#      batch 100, 32x32x3): eager, --channels-last, compiled with it, with
+#      --amp bf16 (eager and compiled), --amp fp16, and compiled with
+#      --compile-mode reduce-overhead (CUDA graphs), interleaved in one
+#      process, with pass counts (benchmarks/recipe_speed.py);
 #   2. the latent EBM (raw energy) trained on MNIST without the 4s at the
 #      paper's size, once with --amp bf16 --compile --channels-last and once
 #      with --amp fp16 --channels-last, each then scored by kldiv.evaluate
@@ -42,7 +44,7 @@ if [[ ${SMALL:-0} == 1 ]]; then
     score=(--samples 200 --test-images 300)
 else
     device=${DEVICE:-cuda}
-    speed=(--repeats 15)
+    speed=(--repeats 15 --variants eager,channels-last,compile+channels-last,channels-last+bf16,compile+channels-last+bf16,channels-last+fp16,compile-reduce-overhead+channels-last+bf16)
     compile=(--compile)
     size=(--width 64 --latent-dim 100)
     score=()
@@ -50,8 +52,12 @@ fi
 python -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" \
     | tee "$out/machine.txt"
 status=0
-timeout 240 python benchmarks/recipe_speed.py --device "$device" "${speed[@]}" --json "$out/speed.json" \
-    2>&1 | tee "$out/speed.txt" || status=1
+stages=${STAGES:-speed train}
+if [[ $stages == *speed* ]]; then
+    timeout 270 python benchmarks/recipe_speed.py --device "$device" "${speed[@]}" --json "$out/speed.json" \
+        2>&1 | tee "$out/speed.txt" || status=1
+fi
+[[ $stages == *train* ]] || exit $status
 common=(--data mnist --data-root "$data" --hold-out 4 --steps "$steps" --batch-size 100 "${size[@]}"
         --no-bounded --channels-last --device "$device" --log-every $((steps / 10 > 0 ? steps / 10 : 1))
         --sample-every "$steps" --checkpoint-every "$steps")
@@ -60,7 +66,7 @@ for amp in bf16 fp16; do
     [[ $amp == bf16 ]] && extra+=("${compile[@]}")
     run=$out/latent_ebm_$amp
     rm -rf "$run"
-    if timeout 120 python recipes/latent_ebm.py "${common[@]}" "${extra[@]}" --out "$run" > "$out/latent_ebm_$amp.log" 2>&1; then
+    if timeout 110 python recipes/latent_ebm.py "${common[@]}" "${extra[@]}" --out "$run" > "$out/latent_ebm_$amp.log" 2>&1; then
         timeout 45 python -m kldiv.evaluate "$run" --device "$device" "${score[@]}" 2>&1 | tail -n 12 || status=1
     else
         echo "gpu.sh: the $amp run stopped; the end of its log:" && tail -n 5 "$out/latent_ebm_$amp.log"
