@@ -51,7 +51,11 @@ class Run:
 
     Its checkpoints are ``run.checkpoints`` (a `Checkpoints`: ``checkpoint.pt``,
     ``config.json``, ``--keep``, ``--resume``); its metrics, progress and images
-    are ``run.runlog`` (a `RunLog`).
+    are ``run.runlog`` (a `RunLog`). With ``--amp fp16``, ``run.scalers`` holds one
+    ``torch.amp.GradScaler`` per player (`attach` makes them; checkpointed): `update`
+    and `update_all` back-propagate the scaled loss, unscale before their checks and
+    clipping, and skip a step whose gradient overflowed, halving that player's scale
+    (logged as ``<player>/loss_scale``).
 
     Arguments:
         cfg: the recipe's config (a [`RunConfig`][kldiv.train.RunConfig] subclass).
