@@ -16,6 +16,8 @@ from pathlib import Path
 
 from torch import nn
 
+from kldiv.train.compile import MODES as COMPILE_MODES
+
 
 def option(default, help: str, *, at_least=None, above=None, at_most=None, below=None, **kw):
     """A dataclass field with a command-line help text, and the range its value must lie in.
@@ -97,8 +99,7 @@ class RunConfig:
                         "(torch.set_float32_matmul_precision('high'), cuDNN's allow_tf32)")
     compile: bool = option(False, "compile the networks with torch.compile")
     compile_mode: str = option("default", "torch.compile's mode with --compile (reduce-overhead: CUDA graphs, "
-                               "on a GPU)", choices=("default", "reduce-overhead", "max-autotune",
-                                                     "max-autotune-no-cudagraphs"))
+                               "on a GPU)", choices=COMPILE_MODES)
     channels_last: bool = option(False, "keep the convolutional networks' weights and the image batches in the "
                                  "channels-last (NHWC) memory format (the values and the checkpoints are the "
                                  "same either way; benchmarks/recipe_speed.py measures the speed)")
