@@ -40,6 +40,8 @@ from einops import rearrange
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from kldiv._checks import count
+
 __all__ = [
     "DATASETS",
     "TOY_2D",
@@ -178,8 +180,11 @@ def digits_dataset(
         An [`ImageTensorDataset`][kldiv.data.ImageTensorDataset] of
             ``(x, digit)``, ``x`` of shape ``(1, image_size, image_size)``.
     """
+    size = count("image_size", image_size, minimum=1)
+    if not (isinstance(test_fraction, (int, float)) and not isinstance(test_fraction, bool)
+            and 0 < test_fraction < 1):
+        raise ValueError(f"test_fraction must be a fraction in (0, 1), got {test_fraction!r}")
     images, labels = _digits_arrays()  # (N, 1, 8, 8) in [-1, 1], (N,)
-    size = int(image_size)
     if mode == "resize":
         if size != 8:
             images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
@@ -290,6 +295,8 @@ def load_dataset(
         DatasetNotFoundError: the files are not under ``root`` and ``download`` is ``False``.
     """
     key = _canonical(name)
+    if image_size is not None:
+        image_size = count("image_size", image_size, minimum=1)
     if key == "digits":
         return digits_dataset(8 if image_size is None else image_size, train=train)
     import torchvision.datasets as tvd
@@ -398,9 +405,12 @@ def mnist_anomaly_split(
     Returns:
         An [`AnomalySplit`][kldiv.data.AnomalySplit].
     """
-    if not 0 <= int(held_out) <= 9:
+    held_out = count("held_out", held_out)
+    if not held_out <= 9:
         raise ValueError(f"held_out must be a digit 0..9, got {held_out!r}")
-    held_out = int(held_out)
+    if not (isinstance(train_fraction, (int, float)) and not isinstance(train_fraction, bool)
+            and 0 < train_fraction < 1):
+        raise ValueError(f"train_fraction must be a fraction in (0, 1), got {train_fraction!r}")
     parts = [
         load_dataset("mnist", root, train=t, download=download, image_size=image_size)
         for t in (True, False)
@@ -601,8 +611,9 @@ def toy_2d(
         raise ValueError(f"unknown toy data set {name!r}; choose from {', '.join(TOY_2D)}")
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
+    n = count("n", n, minimum=1)
     sampler, mean, scale = _TOYS[_TOY_ALIASES[key]]
-    raw = sampler(int(n), generator)  # (n, 2)
+    raw = sampler(n, generator)  # (n, 2)
     return ((raw - torch.tensor(mean)) / scale).to(torch.float32)
 
 
@@ -635,6 +646,9 @@ def infinite_batches(
     Returns:
         An iterator of ``x`` batches (``(n, C, H, W)``), or of whole collated items.
     """
+    batch_size = count("batch_size", batch_size, minimum=1)
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("the data set is empty: there is nothing to draw batches from")
     g = None if seed is None else torch.Generator().manual_seed(int(seed))
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=g, **loader_kwargs

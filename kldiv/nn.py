@@ -28,6 +28,7 @@ $s_0 \in \{4, 7\}$ and $k \ge 1$: 8, 14, 16, 28, 32, 56, 64, 128, ...
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import pyro.distributions as dist
@@ -36,6 +37,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations, parametrize
+
+from kldiv._checks import count, network, positive_number
+from kldiv.errors import ShapeError
 
 __all__ = [
     "BernoulliEncoder",
@@ -73,6 +77,8 @@ def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:
     Returns:
         The same module, initialised in place.
     """
+    network("module", module)
+    std = positive_number("std", std)
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, _WEIGHTED):
@@ -101,11 +107,48 @@ def _spectral(module: nn.Module, enabled: bool) -> nn.Module:
     return module
 
 
+def _shape(name: str, shape: object) -> tuple[int, ...]:
+    """``shape`` (an int or a sequence of ints, each >= 1) as a tuple, else an error naming ``name``."""
+    sizes = (shape,) if isinstance(shape, numbers.Integral) and not isinstance(shape, bool) else shape
+    if not isinstance(sizes, Sequence) or isinstance(sizes, str) or not sizes or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in sizes
+    ):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {shape!r}")
+    if min(sizes) < 1:
+        raise ValueError(f"{name} must have sizes of at least 1, got {shape!r}")
+    return tuple(int(s) for s in sizes)
+
+
+def _hidden(hidden: object) -> tuple[int, ...]:
+    """The hidden layer sizes of an MLP: a sequence (possibly empty) of ints >= 1."""
+    if not isinstance(hidden, Sequence) or isinstance(hidden, str):
+        raise TypeError(f"hidden must be a sequence of layer sizes, e.g. (128, 128), got {hidden!r}")
+    return tuple(count(f"hidden[{i}]", h, minimum=1) for i, h in enumerate(hidden))
+
+
+def _init_std(init_std: object) -> float | None:
+    return positive_number("init_std", init_std, optional=True)
+
+
+def _expect(net: nn.Module, what: str, value: object, shape: tuple[int, ...], *, flat: bool = False) -> None:
+    """A ShapeError naming ``net`` unless ``value`` is a tensor ``(n, *shape)`` (with ``flat``:
+    ``n`` rows of ``prod(shape)`` numbers, in any trailing layout)."""
+    if isinstance(value, Tensor) and value.dim() >= 1 and (
+        tuple(value.shape[1:]) == shape or (flat and math.prod(value.shape[1:]) == math.prod(shape))
+    ):
+        return
+    got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+    err = ShapeError(f"{type(net).__name__} takes {what} of shape (n, {', '.join(map(str, shape))}), got {got}")
+    err.from_network = True  # raised by a network: the estimator still names which one
+    raise err
+
+
 def _size_plan(image_shape: Sequence[int]) -> tuple[int, int, int, int]:
     """``(C, H, k, s0)``: channels, side, number of stride-2 stages, side at the top."""
-    if len(image_shape) != 3:
-        raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
-    c, h, w = (int(s) for s in image_shape)
+    sizes = _shape("image_shape", image_shape)
+    if len(sizes) != 3:
+        raise ValueError(f"image_shape must be (C, H, W), got {tuple(sizes)}")
+    c, h, w = sizes
     if h != w:
         raise ValueError(f"the convolutional networks take square images, got {h}×{w}")
     k, s0 = 0, h
@@ -118,10 +161,6 @@ def _size_plan(image_shape: Sequence[int]) -> tuple[int, int, int, int]:
             "e.g. 8, 16, 28, 32 or 64"
         )
     return c, h, k, s0
-
-
-def _as_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
-    return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
 
 
 _ACTIVATIONS = {
@@ -215,8 +254,9 @@ class Generator(nn.Module):
     ):
         super().__init__()
         c, _, k, s0 = _size_plan(image_shape)
-        self.latent_dim = int(latent_dim)
+        self.latent_dim = count("latent_dim", latent_dim, minimum=1)
         self.image_shape = tuple(int(s) for s in image_shape)
+        width, init_std = count("width", width, minimum=1), _init_std(init_std)
         ch = width * 2 ** (k - 1)
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(self.latent_dim, ch, s0, 1, 0, bias=False),
@@ -244,6 +284,7 @@ class Generator(nn.Module):
         Returns:
             Images of shape ``(n, C, H, W)`` in $[-1, 1]$.
         """
+        _expect(self, "z", z, (self.latent_dim,))
         h = rearrange(z, "n d -> n d 1 1")  # (n, d, 1, 1)
         return self.net(h)  # (n, C, H, W)
 
@@ -283,8 +324,9 @@ class GaussianEncoder(nn.Module):
         super().__init__()
         c, _, k, s0 = _size_plan(image_shape)
         self.image_shape = tuple(int(s) for s in image_shape)
-        self.latent_dim = int(latent_dim)
-        self.min_scale = float(min_scale)
+        self.latent_dim = count("latent_dim", latent_dim, minimum=1)
+        self.min_scale = positive_number("min_scale", min_scale)
+        width, init_std = count("width", width, minimum=1), _init_std(init_std)
         trunk, ch = _conv_trunk(c, k, width, batch_norm=True, slope=0.2)
         self.net = nn.Sequential(trunk, nn.Conv2d(ch, 2 * self.latent_dim, s0, 1, 0))
         if init_std is not None:
@@ -300,6 +342,7 @@ class GaussianEncoder(nn.Module):
             ``pyro.distributions.Normal(mu, scale).to_event(1)``: batch shape
                 ``(n,)``, event shape ``(d,)``.
         """
+        _expect(self, "x", x, self.image_shape)
         h = rearrange(self.net(x), "n (two d) 1 1 -> two n d", two=2)  # (2, n, d)
         mu, scale = h[0], F.softplus(h[1]) + self.min_scale
         return dist.Normal(mu, scale).to_event(1)
@@ -326,7 +369,8 @@ class BernoulliEncoder(nn.Module):
         super().__init__()
         c, _, k, s0 = _size_plan(image_shape)
         self.image_shape = tuple(int(s) for s in image_shape)
-        self.latent_dim = int(latent_dim)
+        self.latent_dim = count("latent_dim", latent_dim, minimum=1)
+        width, init_std = count("width", width, minimum=1), _init_std(init_std)
         trunk, ch = _conv_trunk(c, k, width, batch_norm=True, slope=0.2)
         self.net = nn.Sequential(trunk, nn.Conv2d(ch, self.latent_dim, s0, 1, 0))
         if init_std is not None:
@@ -334,6 +378,7 @@ class BernoulliEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> dist.Distribution:
         """``pyro.distributions.Bernoulli(logits=...).to_event(1)``: batch ``(n,)``, event ``(d,)``."""
+        _expect(self, "x", x, self.image_shape)
         return dist.Bernoulli(logits=self.net(x).flatten(1)).to_event(1)
 
 
@@ -376,6 +421,7 @@ class EnergyX(nn.Module):
         c, _, k, s0 = _size_plan(image_shape)
         self.bounded = bounded
         self.image_shape = tuple(int(s) for s in image_shape)
+        width, init_std = count("width", width, minimum=1), _init_std(init_std)
         trunk, ch = _conv_trunk(c, k, width, batch_norm=False, slope=0.1)
         self.net = nn.Sequential(trunk, nn.Conv2d(ch, 1, s0, 1, 0))
         if init_std is not None:
@@ -392,6 +438,7 @@ class EnergyX(nn.Module):
             $f(x) = -\operatorname{softplus}(h_\alpha(x))$ (or $h_\alpha(x)$ if not
             ``bounded``), shape ``(n,)``.
         """
+        _expect(self, "x", x, self.image_shape)
         h = rearrange(self.net(x), "n 1 1 1 -> n")  # (n,)
         return _neg_softplus(h) if self.bounded else h
 
@@ -426,9 +473,12 @@ class Descriptor(nn.Module):
     def __init__(self, image_shape: Sequence[int], width: int = 64, outputs: int = 100, *,
                  init_std: float | None = 0.005):
         super().__init__()
-        if len(image_shape) != 3:
-            raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
-        c, h, w = (int(s) for s in image_shape)
+        sizes = _shape("image_shape", image_shape)
+        if len(sizes) != 3:
+            raise ValueError(f"image_shape must be (C, H, W), got {sizes}")
+        c, h, w = sizes
+        width, outputs = count("width", width, minimum=1), count("outputs", outputs, minimum=1)
+        init_std = _init_std(init_std)
         if h < 8 or w < 8:
             raise ValueError(f"the descriptor needs images of at least 8x8, got {h}x{w}")
         self.image_shape = (c, h, w)
@@ -452,6 +502,7 @@ class Descriptor(nn.Module):
         Returns:
             $f(x)$, shape ``(n,)``.
         """
+        _expect(self, "x", x, self.image_shape)
         return self.net(x).flatten(1).sum(1)  # (n, K, 1, 1) -> (n,)
 
 
@@ -498,10 +549,11 @@ class EnergyXZ(nn.Module):
         super().__init__()
         c, _, k, s0 = _size_plan(image_shape)
         self.image_shape = tuple(int(s) for s in image_shape)
-        self.latent_dim = int(latent_dim)
+        self.latent_dim = count("latent_dim", latent_dim, minimum=1)
         self.bounded = bool(bounded)
+        width, init_std = count("width", width, minimum=1), _init_std(init_std)
         trunk, ch = _conv_trunk(c, k, width, batch_norm=False, slope=0.1)
-        hidden = ch if hidden is None else int(hidden)
+        hidden = ch if hidden is None else count("hidden", hidden, minimum=1)
         self.x_branch = nn.Sequential(trunk, nn.Conv2d(ch, hidden, s0, 1, 0), nn.LeakyReLU(0.1))
         self.z_branch = nn.Sequential(
             nn.Linear(self.latent_dim, hidden), nn.LeakyReLU(0.1),
@@ -523,6 +575,8 @@ class EnergyXZ(nn.Module):
             $f(x, z) = -\operatorname{softplus}(h_\alpha(x, z))$ (or $h_\alpha(x, z)$ when not
             ``bounded``), shape ``(n,)``.
         """
+        _expect(self, "x", x, self.image_shape)
+        _expect(self, "z", z, (self.latent_dim,))
         u = rearrange(self.x_branch(x), "n h 1 1 -> n h")  # (n, hidden)
         v = self.z_branch(z)  # (n, hidden)
         h = rearrange(self.joint(torch.cat([u, v], dim=1)), "n 1 -> n")
@@ -561,9 +615,10 @@ class MLPGenerator(nn.Module):
         init_std: float | None = None,
     ):
         super().__init__()
-        self.latent_dim = int(latent_dim)
-        self.out_shape = _as_shape(out_shape)
-        self.net = _mlp([self.latent_dim, *hidden, math.prod(self.out_shape)], activation)
+        self.latent_dim = count("latent_dim", latent_dim, minimum=1)
+        self.out_shape = _shape("out_shape", out_shape)
+        init_std = _init_std(init_std)
+        self.net = _mlp([self.latent_dim, *_hidden(hidden), math.prod(self.out_shape)], activation)
         self.tanh = tanh
         if init_std is not None:
             init_weights(self, init_std)
@@ -577,6 +632,7 @@ class MLPGenerator(nn.Module):
         Returns:
             A tensor of shape ``(n, *out_shape)``.
         """
+        _expect(self, "z", z, (self.latent_dim,))
         out = self.net(z)  # (n, D)
         if self.tanh:
             out = torch.tanh(out)
@@ -611,10 +667,11 @@ class MLPEncoder(nn.Module):
         init_std: float | None = None,
     ):
         super().__init__()
-        self.in_shape = _as_shape(in_shape)
-        self.latent_dim = int(latent_dim)
-        self.min_scale = float(min_scale)
-        self.net = _mlp([math.prod(self.in_shape), *hidden, 2 * self.latent_dim], activation)
+        self.in_shape = _shape("in_shape", in_shape)
+        self.latent_dim = count("latent_dim", latent_dim, minimum=1)
+        self.min_scale = positive_number("min_scale", min_scale)
+        init_std = _init_std(init_std)
+        self.net = _mlp([math.prod(self.in_shape), *_hidden(hidden), 2 * self.latent_dim], activation)
         if init_std is not None:
             init_weights(self, init_std)
 
@@ -628,6 +685,7 @@ class MLPEncoder(nn.Module):
             ``pyro.distributions.Normal(mu, scale).to_event(1)``: batch shape
                 ``(n,)``, event shape ``(d,)``.
         """
+        _expect(self, "x", x, self.in_shape, flat=True)
         h = self.net(rearrange(x, "n ... -> n (...)"))  # (n, 2d)
         mu, rho = rearrange(h, "n (two d) -> two n d", two=2)
         return dist.Normal(mu, F.softplus(rho) + self.min_scale).to_event(1)
@@ -669,11 +727,12 @@ class MLPEnergy(nn.Module):
         init_std: float | None = None,
     ):
         super().__init__()
-        self.in_shape = _as_shape(in_shape)
-        self.latent_dim = None if latent_dim is None else int(latent_dim)
+        self.in_shape = _shape("in_shape", in_shape)
+        self.latent_dim = None if latent_dim is None else count("latent_dim", latent_dim, minimum=1)
         self.bounded = bounded
+        init_std = _init_std(init_std)
         d_in = math.prod(self.in_shape) + (self.latent_dim or 0)
-        self.net = _mlp([d_in, *hidden, 1], activation)
+        self.net = _mlp([d_in, *_hidden(hidden), 1], activation)
         if init_std is not None:
             init_weights(self, init_std)
         _spectral(self, spectral_norm)
@@ -688,10 +747,12 @@ class MLPEnergy(nn.Module):
         Returns:
             $f$ of shape ``(n,)``.
         """
+        _expect(self, "x", x, self.in_shape, flat=True)
         h = rearrange(x, "n ... -> n (...)")  # (n, D)
         if self.latent_dim is not None:
             if z is None:
                 raise TypeError("this MLPEnergy is over (x, z): call it as energy(x, z)")
+            _expect(self, "z", z, (self.latent_dim,), flat=True)
             h = torch.cat([h, rearrange(z, "n ... -> n (...)")], dim=1)  # (n, D + d)
         elif z is not None:
             raise TypeError("this MLPEnergy is over x alone (latent_dim=None): call it as energy(x)")
@@ -715,7 +776,7 @@ class StandardNormalEncoder(nn.Module):
 
     def __init__(self, latent_dim: int | Sequence[int]):
         super().__init__()
-        self.latent_shape = _as_shape(latent_dim)
+        self.latent_shape = _shape("latent_dim", latent_dim)
 
     def forward(self, x: Tensor) -> dist.Distribution:
         r"""$\mathcal N(0, I)$ for each of the $n$ inputs.
@@ -753,10 +814,8 @@ class FrozenMeanEncoder(nn.Module):
 
     def __init__(self, encoder: nn.Module, scale: float):
         super().__init__()
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a finite positive number, got {scale!r}")
-        self.encoder = encoder
-        self.scale = float(scale)
+        self.encoder = network("encoder", encoder)
+        self.scale = positive_number("scale", scale)
 
     def forward(self, x: Tensor) -> dist.Distribution:
         r"""The distribution $\mathcal N(\mu_\phi(x), s^2 I)$ with $\phi$ detached."""

@@ -39,6 +39,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from kldiv._checks import count
+
 if TYPE_CHECKING:
     from kldiv.metrics._common import ArrayLike
 
@@ -92,9 +94,11 @@ def energy_grid(
         ``(xs, ys, f)``: the axes, shapes ``(resolution,)``, and $f$ on the grid,
         shape ``(resolution, resolution)`` indexed ``[y, x]`` (CPU, detached).
     """
+    resolution = count("resolution", resolution, minimum=2)
+    batch_size = count("batch_size", batch_size, minimum=1)
+    x0, x1, y0, y1 = _checked_bounds(bounds)
     f = _log_density_fn(model)
     device, dtype = _reference(model)
-    x0, x1, y0, y1 = (float(b) for b in bounds)
     xs = torch.linspace(x0, x1, resolution, device=device, dtype=dtype)
     ys = torch.linspace(y0, y1, resolution, device=device, dtype=dtype)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
@@ -102,6 +106,16 @@ def energy_grid(
     with torch.no_grad():
         values = torch.cat([f(chunk) for chunk in points.split(batch_size)])
     return xs.cpu(), ys.cpu(), values.reshape(resolution, resolution).cpu()
+
+
+def _checked_bounds(bounds: object) -> tuple[float, float, float, float]:
+    try:
+        x0, x1, y0, y1 = (float(b) for b in bounds)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds must be four numbers (x_min, x_max, y_min, y_max), got {bounds!r}") from None
+    if not all(np.isfinite([x0, x1, y0, y1])) or not (x0 < x1 and y0 < y1):
+        raise ValueError(f"bounds must be finite with x_min < x_max and y_min < y_max, got {bounds!r}")
+    return x0, x1, y0, y1
 
 
 def _bounds_from(samples: Tensor | None, margin: float = 0.1) -> Bounds:
@@ -212,11 +226,23 @@ def save_image_grid(
     """
     from torchvision.utils import make_grid, save_image
 
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a tensor (n, C, H, W), got {type(images).__name__}")
+    nrow, padding = count("nrow", nrow, minimum=1), count("padding", padding)
+    if value_range is not None:
+        low, high = (float(v) for v in value_range)
+        if not (np.isfinite([low, high]).all() and low < high):
+            raise ValueError(f"value_range must be finite with low < high, got {value_range!r}")
     images = images.detach().cpu().float()
     if images.dim() == 3:
         images = images.unsqueeze(1)
     if images.dim() != 4:
         raise ValueError(f"images must be (n, C, H, W) or (n, H, W), got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError("images is empty: there is nothing to draw")
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]} (shape {tuple(images.shape)})")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     grid = make_grid(
         images, nrow=nrow, padding=padding, normalize=True, value_range=value_range, scale_each=False
     )
@@ -271,6 +297,7 @@ def plot_energy_histograms(
     """
     from kldiv.metrics._common import _as_1d  # here, not at the top: kldiv.metrics imports this module
 
+    bins = count("bins", bins, minimum=1)
     s_in = _as_1d(in_scores, "in_scores")
     groups = (
         dict(out_scores) if isinstance(out_scores, Mapping) else {"out-of-distribution": out_scores}

@@ -1,7 +1,9 @@
 """A catalogue of bad inputs: each gets a kldiv error that says what to do, and nothing on disk is lost.
 
-Categories: expressions, games, the first step (batches, latent sizes,
-networks), recipe command lines, checkpoints, and the divergence guard. Each
+Categories: expressions, games, samplers, the building blocks used on their
+own (networks, data, plots, the Langevin kernel), the first step (batches,
+latent sizes, networks), recipe command lines, checkpoints, and the
+divergence guard. Each
 case asserts the error class, the words that tell the user what to do, and,
 where files are involved, the files before and after. A hypothesis test
 throws random malformed batches at a compiled step.
@@ -176,6 +178,108 @@ OTHER_SAMPLERS = {
     "reinit as text": (lambda: PersistentStart(reinit="0.1"), ValueError, "reinit must be a probability"),
     "buffer noise a number": (lambda: PersistentStart(noise=3), TypeError, "noise must be 'uniform', 'normal'"),
 }
+
+
+def _chain(position=None, log_density=None, steps=3, step_size=0.1, **kw):
+    from kldiv.samplers.kernel import langevin_chain
+
+    position = torch.zeros(4, 2) if position is None else position
+    return langevin_chain(position, log_density or (lambda v: -v.square().sum(1) / 2), steps, step_size, **kw)
+
+
+def _grid(**kw):
+    from kldiv.plotting import save_image_grid
+
+    return save_image_grid(kw.pop("images", torch.zeros(4, 1, 8, 8)), kw.pop("path", "unused.png"), **kw)
+
+
+def _nn(name):
+    import kldiv.nn
+
+    return getattr(kldiv.nn, name)
+
+
+def _data(name):
+    import kldiv.data
+
+    return getattr(kldiv.data, name)
+
+
+BUILDING_BLOCKS = {  # the networks, data, plots and the Langevin kernel, used without a game
+    "generator of no latent": (lambda: Generator(0, SHAPE), ValueError, "latent_dim must be an integer >= 1, got 0"),
+    "generator of no width": (lambda: Generator(4, SHAPE, width=0), ValueError, "width must be an integer >= 1"),
+    "negative init std": (lambda: Generator(4, SHAPE, init_std=-1.0), ValueError, "init_std must be a finite number > 0"),
+    "image of no channels": (lambda: GaussianEncoder((0, 8, 8), 4), ValueError, "image_shape must have sizes of at least 1"),
+    "image side a float": (lambda: GaussianEncoder((1, 8.0, 8), 4), TypeError, "image_shape must be an int or a sequence of ints"),
+    "scale floor of zero": (lambda: GaussianEncoder(SHAPE, 4, min_scale=0.0), ValueError, "min_scale must be a finite number > 0"),
+    "negative latent energy": (lambda: EnergyXZ(SHAPE, -1), ValueError, "latent_dim must be an integer >= 1, got -1"),
+    "descriptor of no outputs": (lambda: _nn("Descriptor")((1, 28, 28), outputs=0), ValueError, "outputs must be an integer >= 1"),
+    "hidden sizes a number": (lambda: _nn("MLPGenerator")(2, 4, hidden=8), TypeError, "hidden must be a sequence of layer sizes"),
+    "negative hidden size": (lambda: _nn("MLPEncoder")(4, 2, hidden=(8, -3)), ValueError, "hidden[1] must be an integer >= 1"),
+    "input of no size": (lambda: _nn("MLPEnergy")(0), ValueError, "in_shape must have sizes of at least 1"),
+    "energy of no latent": (lambda: _nn("MLPEnergy")(4, 0), ValueError, "latent_dim must be an integer >= 1, got 0"),
+    "prior of no size": (lambda: _nn("StandardNormalEncoder")(0), ValueError, "latent_dim must have sizes of at least 1"),
+    "frozen view of a name": (lambda: _nn("FrozenMeanEncoder")("encoder", 1.0), TypeError, "encoder must be an nn.Module"),
+    "initialise a name": (lambda: _nn("init_weights")("net"), TypeError, "module must be an nn.Module"),
+    "generator given x": (lambda: Generator(4, SHAPE, width=4)(torch.zeros(2, 5)), ShapeError,
+                          "Generator takes z of shape (n, 4), got shape (2, 5)"),
+    "encoder given other images": (lambda: GaussianEncoder(SHAPE, 4, width=4)(torch.zeros(2, 1, 16, 16)), ShapeError,
+                                   "GaussianEncoder takes x of shape (n, 1, 8, 8), got shape (2, 1, 16, 16)"),
+    "energy given no tensor": (lambda: EnergyXZ(SHAPE, 4, width=4)(torch.zeros(2, 1, 8, 8), [0.0] * 4), ShapeError,
+                               "EnergyXZ takes z of shape (n, 4), got list"),
+    "digits of no size": (lambda: _data("digits_dataset")(0), ValueError, "image_size must be an integer >= 1, got 0"),
+    "digits all test": (lambda: _data("digits_dataset")(8, test_fraction=1.0), ValueError,
+                        "test_fraction must be a fraction in (0, 1), got 1.0"),
+    "data set resized to nothing": (lambda: _data("load_dataset")("digits", image_size=-3), ValueError,
+                                    "image_size must be an integer >= 1, got -3"),
+    "anomaly split of no training": (lambda: _data("mnist_anomaly_split")("nowhere", 4, train_fraction=0.0), ValueError,
+                                     "train_fraction must be a fraction in (0, 1), got 0.0"),
+    "anomaly digit as text": (lambda: _data("mnist_anomaly_split")("nowhere", "4"), TypeError,
+                              "held_out must be an integer >= 0, got '4'"),
+    "no toy samples": (lambda: _data("toy_2d")("moons", 0), ValueError, "n must be an integer >= 1, got 0"),
+    "fractional toy samples": (lambda: _data("toy_2d")("moons", 10.5), TypeError, "n must be an integer >= 1"),
+    "batches of nothing": (lambda: next(_data("infinite_batches")(_data("digits_dataset")(8), 0)), ValueError,
+                           "batch_size must be an integer >= 1, got 0"),
+    "batches of an empty set": (lambda: next(_data("infinite_batches")(
+        _data("ImageTensorDataset")(torch.zeros(0, 1, 8, 8), torch.zeros(0)), 4)), ValueError, "the data set is empty"),
+    "grid of no rows": (lambda: _grid(nrow=0), ValueError, "nrow must be an integer >= 1, got 0"),
+    "grid of no images": (lambda: _grid(images=torch.zeros(0, 1, 8, 8)), ValueError, "images is empty"),
+    "grid of two channels": (lambda: _grid(images=torch.zeros(4, 2, 8, 8)), ValueError, "images must have 1 or 3 channels"),
+    "grid range reversed": (lambda: _grid(value_range=(1.0, -1.0)), ValueError, "value_range must be finite with low < high"),
+    "histogram of no bins": (lambda: __import__("kldiv.plotting").plotting.plot_energy_histograms(
+        [1.0, 2.0], [3.0, 4.0], "unused.png", bins=0), ValueError, "bins must be an integer >= 1, got 0"),
+    "energy grid of one point": (lambda: __import__("kldiv.plotting").plotting.energy_grid(
+        lambda v: -v.square().sum(1), resolution=1), ValueError, "resolution must be an integer >= 2, got 1"),
+    "energy grid bounds reversed": (lambda: __import__("kldiv.plotting").plotting.energy_grid(
+        lambda v: -v.square().sum(1), bounds=(4, -4, -4, 4)), ValueError, "x_min < x_max and y_min < y_max"),
+    "chain step of zero": (lambda: _chain(step_size=0.0), ValueError, "step_size must be a finite number > 0, got 0.0"),
+    "chain step negative": (lambda: _chain(step_size=-0.1), ValueError, "step_size must be a finite number > 0"),
+    "chain step nan": (lambda: _chain(step_size=math.nan), ValueError, "step_size must be a finite number > 0, got nan"),
+    "chain step of z zero": (lambda: _chain(position={"z": torch.zeros(4, 2)}, log_density=lambda v: -v["z"].sum(1),
+                                            step_size={"z": 0.0}), ValueError, "the step size of 'z' must be a finite"),
+    "chain clip of zero": (lambda: _chain(clip_grad=0.0), ValueError, "clip_grad must be a finite number > 0, got 0.0"),
+    "chain of fractional steps": (lambda: _chain(steps=2.5), TypeError, "steps must be an integer >= 0, got 2.5"),
+    "chain from nan": (lambda: _chain(position=torch.full((4, 2), math.nan)), ValueError,
+                       "position has 8 non-finite values (NaN or inf)"),
+    "chain from integers": (lambda: _chain(position=torch.zeros(4, 2, dtype=torch.long)), TypeError,
+                            "position must be a floating-point tensor"),
+    "chains of two sizes": (lambda: _chain(position={"x": torch.zeros(4, 2), "z": torch.zeros(3, 2)},
+                                           log_density=lambda v: -v["x"].sum(1), step_size=0.1), ValueError,
+                            "every position needs the same number of chains"),
+    "noise of no scale": (lambda: __import__("kldiv.samplers.starts").samplers.starts.NoiseStart("normal", scale=0.0),
+                          ValueError, "scale must be a finite number > 0, got 0.0"),
+    "anomaly share as text": (lambda: __import__("kldiv.metrics").metrics.anomaly_auprc(
+        [1.0, 2.0, 3.0], [0, 1, 0], anomaly_share="0.1"), TypeError, "anomaly_share must be a number in (0, 1)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BUILDING_BLOCKS))
+def test_bad_arguments_to_the_building_blocks_are_refused_by_name(case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a plot that was not refused would land here, not in the checkout
+    build, kind, words = BUILDING_BLOCKS[case]
+    with pytest.raises(kind, match=re.escape(words)):
+        build()
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 @pytest.mark.parametrize("case", list(SAMPLERS))
@@ -554,4 +658,6 @@ def test_a_network_failure_prints_kldivs_message_first_and_keeps_the_original():
     with pytest.raises(ShapeError) as info:
         triangle()(torch.randn(5, 3, 8, 8))
     assert info.value.__suppress_context__ and info.value.__cause__ is None  # no torch traceback above it
-    assert isinstance(info.value.network_error, RuntimeError)
+    assert str(info.value).startswith("network q.encoder failed when first run, on inputs (5, 3, 8, 8)")
+    # the network's own refusal, kept: kldiv's networks check their inputs before torch does
+    assert "GaussianEncoder takes x of shape (n, 1, 8, 8), got shape (5, 3, 8, 8)" in str(info.value.network_error)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from kldiv.metrics._common import ArrayLike, _as_1d
@@ -67,6 +69,8 @@ def _share_weights(y: np.ndarray, anomaly_share: float | None) -> np.ndarray | N
     """Per-image weights under which the anomalies make up ``anomaly_share`` of the test set."""
     if anomaly_share is None:
         return None
+    if isinstance(anomaly_share, bool) or not isinstance(anomaly_share, numbers.Real):
+        raise TypeError(f"anomaly_share must be a number in (0, 1) or None, got {anomaly_share!r}")
     share = float(anomaly_share)
     if not 0 < share < 1:
         raise ValueError(f"anomaly_share must be a fraction in (0, 1), got {anomaly_share!r}")

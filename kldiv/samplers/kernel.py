@@ -20,7 +20,7 @@ from typing import NamedTuple, Union
 import torch
 from torch import Tensor
 
-from kldiv._checks import positive_number
+from kldiv._checks import count, positive_number
 
 __all__ = [
     "LangevinInfo",
@@ -72,6 +72,13 @@ def _per_sample(out: Tensor, n: int, what: str) -> Tensor:
     return out
 
 
+def _step(name: str, value: object) -> float:
+    # a step size: a finite number > 0 (a one-element tensor too)
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    return positive_number(name, value)
+
+
 def _step_sizes(step_size: StepSize, keys: tuple[str, ...] | None) -> tuple[float, ...]:
     if isinstance(step_size, Mapping):
         if keys is None:
@@ -79,8 +86,25 @@ def _step_sizes(step_size: StepSize, keys: tuple[str, ...] | None) -> tuple[floa
         missing = [k for k in keys if k not in step_size]
         if missing:
             raise KeyError(f"no step size for {missing}; got step sizes for {sorted(step_size)}")
-        return tuple(float(step_size[k]) for k in keys)
-    return (float(step_size),) * (1 if keys is None else len(keys))
+        return tuple(_step(f"the step size of {k!r}", step_size[k]) for k in keys)
+    return (_step("step_size", step_size),) * (1 if keys is None else len(keys))
+
+
+def _checked_start(position: Position) -> None:
+    # once per chain: floating tensors with one batch size, and finite (a NaN start stays NaN)
+    keys, tensors = _leaves(position)
+    names = ["position"] if keys is None else [f"position[{k!r}]" for k in keys]
+    for name, t in zip(names, tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a tensor (n, ...), got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor to move along a gradient, got {t.dtype}")
+        if t.dim() == 0 or t.shape[0] != tensors[0].shape[0]:
+            raise ValueError(f"every position needs the same number of chains (n, ...) first; {name} "
+                             f"has shape {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{name} has {bad} non-finite values (NaN or inf): a chain started there stays there")
 
 
 # ----------------------------------------------------------------------------------------
@@ -184,6 +208,10 @@ def langevin_init(position: Position, log_density: LogDensityFn) -> LangevinStat
         The [`LangevinState`][kldiv.samplers.LangevinState] at ``position``.
     """
     keys, tensors = _leaves(position)
+    for t in tensors:
+        if not (isinstance(t, Tensor) and t.is_floating_point()):
+            raise TypeError("a position must be floating-point tensors to move along a gradient, got "
+                            + (str(t.dtype) if isinstance(t, Tensor) else type(t).__name__))
     n = tensors[0].shape[0]
     with torch.enable_grad():
         leaves = tuple(t.detach().requires_grad_(True) for t in tensors)
@@ -232,9 +260,10 @@ def langevin_move(
     """
     keys, xs = _leaves(state.position)
     _, gs = _leaves(state.grad)
+    deltas, clip = _step_sizes(step_size, keys), positive_number("clip_grad", clip_grad, optional=True)
     eps = _noise(xs, generator) if noise else None
     with torch.no_grad():
-        out = _moved(xs, gs, _step_sizes(step_size, keys), eps, None if clip_grad is None else float(clip_grad))
+        out = _moved(xs, gs, deltas, eps, clip)
     return _rebuild(keys, out)
 
 
@@ -381,9 +410,10 @@ def langevin_chain(
         The positions after $T$ steps (detached), with the structure of ``position``;
         with ``info=True``, the pair ``(positions, info)``.
     """
-    steps = int(steps)
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    steps = count("steps", steps)
+    _checked_start(position)
+    _step_sizes(step_size, _leaves(position)[0])
+    positive_number("clip_grad", clip_grad, optional=True)
     evaluate_last = callback is not None or info
     if steps == 0 and not evaluate_last:
         keys, tensors = _leaves(position)

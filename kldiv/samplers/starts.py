@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import math
 import numbers
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
-from kldiv._checks import count
+from kldiv._checks import count, positive_number
 from kldiv.densities import Density
 from kldiv.densities.base import _as_shape
 
@@ -106,8 +107,10 @@ class NoiseStart(Start):
     ):
         if distribution not in ("uniform", "normal"):
             raise ValueError(f"distribution must be 'uniform' or 'normal', got {distribution!r}")
-        if not high > low:
-            raise ValueError(f"need low < high, got [{low}, {high}]")
+        low, high = float(low), float(high)
+        if not (math.isfinite(low) and math.isfinite(high) and high > low):
+            raise ValueError(f"need finite low < high, got [{low}, {high}]")
+        scale = positive_number("scale", scale)
         self.distribution = distribution
         self.shapes = _as_shapes(shape, "NoiseStart")
         self.low, self.high, self.scale = float(low), float(high), float(scale)
