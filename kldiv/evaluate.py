@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from kldiv import metrics
+from kldiv._checks import count
 from kldiv._checks import device as checked_device
 from kldiv.data import DatasetNotFoundError, anomaly_split, load_dataset
 from kldiv.errors import CheckpointError
@@ -82,6 +83,9 @@ def load_run(run_dir: str | Path, *, device: str = "cpu", ema: bool = True) -> t
         (with ``ema`` and a run that kept one, ``--ema``).
     """
     path = Path(run_dir)
+    if not path.is_file() and not (path / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"{path} is neither a checkpoint file nor a run's folder holding checkpoint.pt "
+                                "(the --out of a recipe)")
     state = load_checkpoint(path if path.is_file() else path / "checkpoint.pt", map_location=device)
     nets = build_networks({k: tuple(v) for k, v in state["architecture"].items()})
     averaged = ema and "ema" in state
@@ -95,7 +99,7 @@ def latent_samples(nets: dict, cfg: dict, n: int, device: str = "cpu", seed: int
     r"""``n`` latent vectors from the run's prior, seeded: $z \sim \mathcal N(0, I)$, or for a run
     with an energy-based prior (a ``prior`` network) the prior sampler's Langevin chain from
     there (``prior_steps`` steps of size ``prior_step_size``, as the run trained with)."""
-    latent_dim = cfg["latent_dim"]
+    latent_dim, n = cfg["latent_dim"], count("n", n, minimum=1)
     g = torch.Generator(device="cpu").manual_seed(seed)
     z = torch.randn(n, latent_dim, generator=g).to(device)
     F_ = nets.get("prior")
@@ -116,6 +120,7 @@ def generator_samples(generator: torch.nn.Module, latent_dim: int, n: int, devic
                       z: torch.Tensor | None = None) -> torch.Tensor:
     r"""``n`` samples $g(z)$, $z \sim N(0, I)$ from a generator seeded 0 (the same images on every
     call), or $g$ of the given ``z`` (e.g. from `latent_samples`)."""
+    n = count("n", n, minimum=1)
     if z is None:
         g = torch.Generator(device="cpu").manual_seed(0)
         z = torch.randn(n, latent_dim, generator=g)

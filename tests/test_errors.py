@@ -268,6 +268,10 @@ BUILDING_BLOCKS = {  # the networks, data, plots and the Langevin kernel, used w
                             "every position needs the same number of chains"),
     "noise of no scale": (lambda: __import__("kldiv.samplers.starts").samplers.starts.NoiseStart("normal", scale=0.0),
                           ValueError, "scale must be a finite number > 0, got 0.0"),
+    "samples of no images": (lambda: __import__("kldiv.evaluate").evaluate.generator_samples(
+        Generator(4, SHAPE, width=4), 4, 0), ValueError, "n must be an integer >= 1, got 0"),
+    "a run that is not there": (lambda: __import__("kldiv.evaluate").evaluate.load_run("no-such-run"),
+                                FileNotFoundError, "no-such-run is neither a checkpoint file nor a run's folder"),
     "anomaly share as text": (lambda: __import__("kldiv.metrics").metrics.anomaly_auprc(
         [1.0, 2.0, 3.0], [0, 1, 0], anomaly_share="0.1"), TypeError, "anomaly_share must be a number in (0, 1)"),
 }
