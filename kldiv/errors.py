@@ -38,7 +38,8 @@ class NotSampleableError(RuntimeError):
 
 
 class ShapeError(ValueError):
-    """A network returned an output of the wrong shape (checked at the first step)."""
+    """A network returned an output of the wrong shape (checked at the first step), or one of
+    `kldiv.nn`'s networks was given an input of a shape it was not built for."""
 
 
 class NonFiniteError(FloatingPointError):
